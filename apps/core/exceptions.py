@@ -1,0 +1,131 @@
+"""One error type for the domain, one JSON error shape for the API.
+
+Every error answer looks like ``{"error": {"code": ..., "message": ..., "fields": {...}}}``.
+"""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ApplicationError(Exception):
+    """A domain error the caller can act on; `code` is machine-readable."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "invalid",
+        fields: dict[str, Any] | None = None,
+        status_code: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.fields = fields or {}
+        self.extra = extra or {}
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotFound(ApplicationError):
+    status_code = status.HTTP_404_NOT_FOUND
+
+    def __init__(self, message: str = "Not found.", *, code: str = "not_found") -> None:
+        super().__init__(message, code=code)
+
+
+class Conflict(ApplicationError):
+    status_code = status.HTTP_409_CONFLICT
+
+
+def error_body(
+    code: str, message: str, fields: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}, **extra}}
+
+
+def flatten_detail(detail: Any) -> Any:
+    """DRF's ErrorDetail tree, as plain strings and lists."""
+    if isinstance(detail, dict):
+        return {str(key): flatten_detail(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [flatten_detail(item) for item in detail]
+    return str(detail)
+
+
+def validation_summary(fields: dict[str, Any]) -> str:
+    first_field, first_errors = next(iter(fields.items()))
+    first = first_errors
+    while isinstance(first, (list, dict)) and first:
+        first = first[0] if isinstance(first, list) else next(iter(first.values()))
+    if first_field == "non_field_errors":
+        return str(first)
+    return f"{first_field}: {first}"
+
+
+_CODE_BY_EXCEPTION: dict[type[exceptions.APIException], str] = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "throttled",
+    exceptions.ParseError: "malformed_request",
+}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        return Response(
+            error_body(exc.code, exc.message, exc.fields, **exc.extra), status=exc.status_code
+        )
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a real bug: Django's 500 handler (which logs it) takes over
+    assert isinstance(exc, exceptions.APIException)
+
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        fields = (
+            flatten_detail(detail)
+            if isinstance(detail, dict)
+            else {"non_field_errors": flatten_detail(detail)}
+        )
+        body = error_body("validation_error", f"Invalid input: {validation_summary(fields)}", fields)
+    elif isinstance(exc, exceptions.ParseError):
+        body = error_body("malformed_request", f"Malformed request body: {exc.detail}")
+    else:
+        code = _CODE_BY_EXCEPTION.get(type(exc))
+        if code is None:
+            codes = exc.get_codes()
+            code = codes if isinstance(codes, str) else "error"
+        detail = exc.detail
+        if isinstance(detail, dict):
+            # simplejwt answers {"detail": ..., "code": ..., "messages": [...]}
+            message = str(detail.get("detail", "Request failed."))
+            code = str(detail.get("code", code))
+        else:
+            message = str(detail)
+        body = error_body(code, message)
+    response.data = body
+    return response

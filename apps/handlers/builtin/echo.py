@@ -1,0 +1,11 @@
+"""`echo`: returns its payload. Useful to check the pipeline end to end."""
+
+from typing import Any
+
+from apps.handlers.context import TaskContext
+from apps.handlers.registry import AnyPayload, handler
+
+
+@handler("echo", payload=AnyPayload, description="Returns its payload as the result.")
+def echo(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return payload

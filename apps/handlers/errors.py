@@ -1,0 +1,17 @@
+"""Exceptions a handler raises to say how its attempt ended."""
+
+
+class HandlerError(Exception):
+    """Base of the errors a handler raises on purpose."""
+
+
+class PermanentError(HandlerError):
+    """Retrying cannot help (bad input, a refused recipient): the task fails at once."""
+
+
+class RetryableError(HandlerError):
+    """A transient failure: the attempt fails and the task is retried with backoff."""
+
+
+class TaskCancelled(HandlerError):
+    """Raised by a handler (or by `ctx.raise_if_cancelled()`) once it notices a cancel request."""

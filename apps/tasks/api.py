@@ -1,0 +1,245 @@
+"""The tasks API: thin views, Input serializers to validate, services to act, Output to answer."""
+
+from typing import Any
+
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.core.api import StrictInputSerializer
+from apps.core.exceptions import ApplicationError
+from apps.handlers.registry import task_types
+from apps.tasks import selectors, services
+from apps.tasks.models import Task
+from apps.tasks.selectors import TaskFilter
+from apps.tasks.states import TaskStatus
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class TaskOutputSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    type = serializers.CharField()
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
+    payload = serializers.JSONField()
+    queue = serializers.CharField()
+    max_retries = serializers.IntegerField()
+    retries = serializers.IntegerField(help_text="Retries used since the task was last started.")
+    attempt_count = serializers.IntegerField(source="attempts")
+    run_at = serializers.DateTimeField(allow_null=True)
+    progress = serializers.IntegerField()
+    progress_message = serializers.CharField()
+    cancel_requested = serializers.SerializerMethodField()
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField()
+    dead_lettered_at = serializers.DateTimeField(allow_null=True)
+    dead_letter_reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_cancel_requested(self, task: Task) -> bool:
+        return task.cancel_requested_at is not None
+
+
+class TaskListItemSerializer(TaskOutputSerializer):
+    payload = None  # type: ignore[assignment]
+    result = None  # type: ignore[assignment]
+
+
+class AttemptOutputSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    outcome = serializers.CharField()
+    worker = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField()
+
+
+class StatusChangeOutputSerializer(serializers.Serializer):
+    from_status = serializers.CharField()
+    to_status = serializers.CharField()
+    at = serializers.DateTimeField()
+    attempt = serializers.IntegerField()
+    note = serializers.CharField()
+
+
+class TaskDetailOutputSerializer(TaskOutputSerializer):
+    attempts = AttemptOutputSerializer(many=True, source="attempt_rows.all")
+    history = StatusChangeOutputSerializer(many=True, source="status_changes.all")
+
+
+class TaskResultOutputSerializer(serializers.Serializer):
+    """The seed 001 /result shape, for every status."""
+
+    task_id = serializers.UUIDField(source="id")
+    type = serializers.CharField()
+    status = serializers.ChoiceField(choices=TaskStatus.choices)
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField()
+    progress = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    ended_at = serializers.DateTimeField(source="finished_at", allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class TaskCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class TaskListCreateApi(APIView):
+    class InputSerializer(StrictInputSerializer):
+        type = serializers.CharField(max_length=100)
+        payload = serializers.JSONField(required=False)
+        params = serializers.JSONField(required=False, help_text="Seed 001's name for payload.")
+        max_retries = serializers.IntegerField(required=False, allow_null=True)
+        run_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @extend_schema(
+        operation_id="tasks_list",
+        parameters=[TaskFilter],
+        responses={200: TaskListItemSerializer(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        tasks = selectors.task_list(user=request.user, filters=request.query_params)  # type: ignore[arg-type]
+        paginator = TaskCursorPagination()
+        page = paginator.paginate_queryset(tasks, request, view=self)
+        return paginator.get_paginated_response(TaskListItemSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="tasks_create",
+        request=InputSerializer,
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="Repeat a POST safely: the same key returns the first task.",
+            )
+        ],
+        responses={201: TaskOutputSerializer, 200: TaskOutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        payload = fields.get("payload", fields.get("params", {}))
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if key is not None and not 1 <= len(key) <= 200:
+            raise ApplicationError(
+                "The Idempotency-Key header must be 1 to 200 characters.",
+                code="validation_error",
+                fields={IDEMPOTENCY_HEADER: ["Must be 1 to 200 characters."]},
+            )
+        task, created = services.task_create(
+            owner=request.user,  # type: ignore[arg-type]
+            type=fields["type"],
+            payload=payload,
+            max_retries=fields.get("max_retries"),
+            run_at=fields.get("run_at"),
+            idempotency_key=key,
+        )
+        response = Response(
+            TaskOutputSerializer(task).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+        response["Location"] = f"/api/tasks/{task.id}"
+        if not created:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class TaskDetailApi(APIView):
+    class UpdateInputSerializer(StrictInputSerializer):
+        payload = serializers.JSONField(required=False)
+        run_at = serializers.DateTimeField(required=False, allow_null=True)
+        max_retries = serializers.IntegerField(required=False)
+
+    @extend_schema(responses={200: TaskDetailOutputSerializer})
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get_with_history(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        return Response(TaskDetailOutputSerializer(task).data)
+
+    @extend_schema(request=UpdateInputSerializer, responses={200: TaskOutputSerializer})
+    def patch(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        data = self.UpdateInputSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        if not data.validated_data:
+            raise ApplicationError(
+                "Nothing to change: give payload, run_at or max_retries.",
+                code="validation_error",
+                fields={"non_field_errors": ["Give at least one of payload, run_at, max_retries."]},
+            )
+        task = services.task_update(task=task, actor=request.user, **data.validated_data)  # type: ignore[arg-type]
+        return Response(TaskOutputSerializer(task).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        services.task_delete(task=task)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TaskResultApi(APIView):
+    @extend_schema(responses={200: TaskResultOutputSerializer})
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        return Response(TaskResultOutputSerializer(task).data)
+
+
+class TaskCancelApi(APIView):
+    @extend_schema(request=None, responses={200: TaskOutputSerializer})
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        task = services.task_cancel(task=task, actor=request.user)  # type: ignore[arg-type]
+        return Response(TaskOutputSerializer(task).data)
+
+
+class TaskRetryApi(APIView):
+    @extend_schema(request=None, responses={200: TaskOutputSerializer})
+    def post(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(user=request.user, task_id=task_id)  # type: ignore[arg-type]
+        task = services.task_retry(task=task, actor=request.user)  # type: ignore[arg-type]
+        return Response(TaskOutputSerializer(task).data)
+
+
+class TaskTypeOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    queue = serializers.CharField()
+    default_max_retries = serializers.IntegerField(allow_null=True)
+    time_limit_seconds = serializers.IntegerField(allow_null=True)
+    payload_schema = serializers.JSONField()
+
+
+@method_decorator(never_cache, name="get")
+class TaskTypeListApi(APIView):
+    @extend_schema(responses={200: TaskTypeOutputSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        from apps.handlers.schema import payload_json_schema
+
+        types: list[dict[str, Any]] = [
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "queue": spec.queue.value,
+                "default_max_retries": spec.max_retries,
+                "time_limit_seconds": spec.time_limit_seconds,
+                "payload_schema": payload_json_schema(spec.payload_serializer),
+            }
+            for spec in task_types()
+        ]
+        return Response(TaskTypeOutputSerializer(types, many=True).data)
+
+

@@ -1,0 +1,263 @@
+"""What a worker does with an execution message: claim the task, run its handler, record the end.
+
+A message carries (task_id, dispatch_id). Only the message whose dispatch_id the row holds may run
+the task, and only while the row is `queued`; so duplicates, stale messages and messages for
+cancelled or finished tasks do nothing. RabbitMQ hands one message to one consumer at a time, so a
+*redelivered* message whose task is still `running` means the worker that had it is gone: that
+attempt is lost, and counts as a failed attempt. A message that kills its worker every time thus
+uses up the task's retries and ends in the dead-letter queue.
+"""
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from apps.handlers.context import TaskContext
+from apps.handlers.errors import PermanentError, TaskCancelled
+from apps.handlers.registry import TaskTypeSpec, get_task_type
+from apps.tasks.backoff import retry_delay
+from apps.tasks.models import AttemptOutcome, Task
+from apps.tasks.states import TaskStatus
+from apps.tasks.transitions import AttemptFinish, AttemptStart, Sql, transition_one
+
+logger = logging.getLogger(__name__)
+S = TaskStatus
+
+LEASE_GRACE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    action: str  # ran | dropped | lost | dead_letter
+    status: str | None = None
+    note: str = ""
+
+    @property
+    def dead_letter(self) -> bool:
+        return self.status == S.FAILED and self.action in {"ran", "lost", "dead_letter"}
+
+
+@dataclass(frozen=True)
+class FailureOutcome:
+    status: str
+    dispatch_id: uuid.UUID | None
+
+
+def _lease_seconds(spec: TaskTypeSpec | None) -> int:
+    limit = (spec.time_limit_seconds if spec else None) or settings.CELERY_TASK_TIME_LIMIT
+    return int(limit) + LEASE_GRACE_SECONDS
+
+
+def handle_delivery(
+    *, task_id: str, dispatch_id: str, redelivered: bool, worker: str
+) -> DeliveryOutcome:
+    close_old_connections()
+    task = Task.objects.filter(id=task_id).only("id", "type").first()
+    if task is None:
+        return DeliveryOutcome("dropped", note="no such task (deleted)")
+    spec = get_task_type(task.type)
+    claimed = transition_one(
+        task_id=task_id,
+        to=S.RUNNING,
+        allowed_from={S.QUEUED},
+        where="AND t.dispatch_id = %s",
+        where_params=(dispatch_id,),
+        changes={
+            "attempts": Sql("t.attempts + 1"),
+            "started_at": Sql("COALESCE(t.started_at, now())"),
+            "lease_expires_at": timezone.now() + timedelta(seconds=_lease_seconds(spec)),
+            "progress": 0,
+            "progress_message": "",
+        },
+        attempt=AttemptStart(worker=worker),
+        note=f"claimed by {worker}",
+    )
+    if claimed is not None:
+        status = run_claimed(claimed.task, spec)
+        return DeliveryOutcome("ran", status=status)
+
+    current = Task.objects.filter(id=task_id).values("status", "dispatch_id", "attempts").first()
+    if current is None:
+        return DeliveryOutcome("dropped", note="no such task (deleted)")
+    if str(current["dispatch_id"]) != dispatch_id:
+        return DeliveryOutcome("dropped", status=current["status"], note="stale message")
+    if current["status"] == S.RUNNING and redelivered:
+        lost = attempt_lost(
+            task_id=task_id,
+            attempt=current["attempts"],
+            reason="worker lost: the attempt's message came back unacknowledged",
+        )
+        if lost is None:
+            return DeliveryOutcome("dropped", note="attempt already settled")
+        return DeliveryOutcome("lost", status=lost.status)
+    if current["status"] == S.FAILED:
+        # Failed with this very message, but it never reached the dead-letter queue.
+        return DeliveryOutcome("dead_letter", status=S.FAILED)
+    return DeliveryOutcome("dropped", status=current["status"], note="duplicate message")
+
+
+def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
+    """Run the handler of a task this worker has claimed, and record how the attempt ended."""
+    attempt = task.attempts
+    if spec is None:
+        return _finish_failed(task, f"Unknown task type {task.type!r}: no handler registered.")
+
+    context = TaskContext(
+        task_id=str(task.id),
+        task_type=task.type,
+        attempt=attempt,
+        owner_id=task.owner_id,
+        report_progress=lambda percent, message: _report_progress(task, percent, message),
+        read_cancel_requested=lambda: _cancel_requested(task),
+    )
+    try:
+        result = spec.run(context, dict(task.payload))
+    except TaskCancelled as exc:
+        return _finish(task, S.CANCELLED, AttemptOutcome.CANCELLED, error=str(exc) or "cancelled")
+    except PermanentError as exc:
+        return _finish_failed(task, str(exc) or type(exc).__name__)
+    except SoftTimeLimitExceeded as exc:
+        return _failed_attempt(task, spec, exc, retryable=True, message="time limit exceeded")
+    except Exception as exc:
+        return _failed_attempt(task, spec, exc)
+    try:
+        result = json.loads(json.dumps(result))  # the result is stored as JSON, nothing else
+    except (TypeError, ValueError) as exc:
+        return _finish_failed(task, f"The handler returned a result that is not JSON: {exc}")
+    return _finish(
+        task,
+        S.SUCCEEDED,
+        AttemptOutcome.SUCCEEDED,
+        changes={"result": result, "progress": 100},
+    )
+
+
+def _this_attempt(task: Task) -> tuple[str, tuple[object, ...]]:
+    # A late worker whose attempt was already settled (reaped, lost) must not overwrite anything.
+    return "AND t.attempts = %s", (task.attempts,)
+
+
+def _finish(
+    task: Task,
+    to: TaskStatus,
+    outcome: AttemptOutcome,
+    *,
+    error: str = "",
+    changes: dict[str, object] | None = None,
+    note: str = "",
+) -> str:
+    where, params = _this_attempt(task)
+    moved = transition_one(
+        task_id=task.id,
+        to=to,
+        allowed_from={S.RUNNING},
+        where=where,
+        where_params=params,
+        changes={
+            "finished_at": timezone.now(),
+            "lease_expires_at": None,
+            "error": error,
+            **(changes or {}),
+        },
+        attempt=AttemptFinish(outcome=outcome, error=error),
+        note=note or f"attempt {task.attempts}: {outcome}",
+    )
+    if moved is None:
+        logger.warning("Attempt %s of task %s was settled elsewhere", task.attempts, task.id)
+        return Task.objects.filter(id=task.id).values_list("status", flat=True).first() or ""
+    return to
+
+
+def _finish_failed(task: Task, message: str) -> str:
+    return _finish(task, S.FAILED, AttemptOutcome.FAILED, error=message, note=f"failed: {message}")
+
+
+def _failed_attempt(
+    task: Task,
+    spec: TaskTypeSpec,
+    exc: BaseException,
+    *,
+    retryable: bool | None = None,
+    message: str = "",
+) -> str:
+    message = message or f"{type(exc).__name__}: {exc}"
+    if retryable is None:
+        retryable = spec.is_retryable(exc)
+    if not retryable:
+        logger.info("Task %s failed permanently: %s", task.id, message)
+        return _finish_failed(task, message)
+    outcome = _retry_or_fail(
+        task_id=task.id, attempt=task.attempts, error=message, outcome=AttemptOutcome.FAILED
+    )
+    return outcome.status if outcome else ""
+
+
+def _retry_or_fail(
+    *, task_id: uuid.UUID | str, attempt: int, error: str, outcome: AttemptOutcome
+) -> FailureOutcome | None:
+    """A retryable failure: wait with backoff if retries remain, otherwise fail for good."""
+    row = Task.objects.filter(id=task_id).values("retries", "max_retries").first()
+    if row is None:
+        return None
+    where = "AND t.attempts = %s"
+    if row["retries"] < row["max_retries"]:
+        retry_number = row["retries"] + 1
+        run_at = timezone.now() + retry_delay(retry_number)
+        moved = transition_one(
+            task_id=task_id,
+            to=S.RETRYING,
+            allowed_from={S.RUNNING},
+            where=where,
+            where_params=(attempt,),
+            changes={
+                "retries": Sql("t.retries + 1"),
+                "run_at": run_at,
+                "dispatch_id": None,
+                "lease_expires_at": None,
+                "error": error,
+            },
+            attempt=AttemptFinish(outcome=outcome, error=error),
+            note=f"attempt {attempt} {outcome}: {error}; retry {retry_number} of "
+            f"{row['max_retries']} at {run_at.isoformat()}",
+        )
+    else:
+        moved = transition_one(
+            task_id=task_id,
+            to=S.FAILED,
+            allowed_from={S.RUNNING},
+            where=where,
+            where_params=(attempt,),
+            changes={"finished_at": timezone.now(), "lease_expires_at": None, "error": error},
+            attempt=AttemptFinish(outcome=outcome, error=error),
+            note=f"attempt {attempt} {outcome}: {error}; no retries left",
+        )
+    if moved is None:
+        return None
+    return FailureOutcome(status=moved.task.status, dispatch_id=moved.task.dispatch_id)
+
+
+def attempt_lost(*, task_id: uuid.UUID | str, attempt: int, reason: str) -> FailureOutcome | None:
+    """The worker running `attempt` is gone: count it as a failed attempt and retry or fail."""
+    logger.warning("Task %s attempt %s lost: %s", task_id, attempt, reason)
+    return _retry_or_fail(
+        task_id=task_id, attempt=attempt, error=reason, outcome=AttemptOutcome.LOST
+    )
+
+
+def _report_progress(task: Task, percent: int, message: str) -> None:
+    Task.objects.filter(id=task.id, status=S.RUNNING, attempts=task.attempts).update(
+        progress=percent, progress_message=message, updated_at=timezone.now()
+    )
+
+
+def _cancel_requested(task: Task) -> bool:
+    return Task.objects.filter(
+        id=task.id, status=S.RUNNING, cancel_requested_at__isnull=False
+    ).exists()

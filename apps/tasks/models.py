@@ -1,0 +1,142 @@
+"""Tasks, their attempts and their status history. PostgreSQL is the source of truth."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.tasks.states import TaskStatus
+
+
+class AttemptOutcome(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"  # the handler raised
+    LOST = "lost", "Lost"  # the worker died, timed out or lost its broker connection
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks")
+    type = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict)
+    queue = models.CharField(max_length=50)
+    status = models.CharField(max_length=20, choices=TaskStatus.choices)
+
+    max_retries = models.PositiveSmallIntegerField(default=3)
+    # Retries used since the task was last (re)started by hand; attempts counts every attempt ever.
+    retries = models.PositiveSmallIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+
+    # When a postponed or retrying task becomes due.
+    run_at = models.DateTimeField(null=True, blank=True)
+    # The message that may run the task now; any other message for it is stale and is dropped.
+    dispatch_id = models.UUIDField(null=True, blank=True)
+    # Set once the broker confirmed the message for dispatch_id; a queued task without it is
+    # published again by the releaser (the broker was down, or the publisher died after commit).
+    published_at = models.DateTimeField(null=True, blank=True)
+    # Past this a running attempt is presumed lost (its worker died without the broker noticing).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    progress = models.PositiveSmallIntegerField(default=0)
+    progress_message = models.CharField(max_length=200, blank=True, default="")
+
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
+    dead_letter_reason = models.CharField(max_length=200, blank=True, default="")
+
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="task_unique_idempotency_key_per_owner",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=TaskStatus.values), name="task_status_is_known"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "-created_at", "-id"], name="task_owner_created"),
+            models.Index(fields=["-created_at", "-id"], name="task_created"),
+            # The releaser's scan: only rows that wait for their time.
+            models.Index(
+                fields=["run_at"],
+                name="task_due",
+                condition=Q(status__in=[TaskStatus.POSTPONED, TaskStatus.RETRYING]),
+            ),
+            # The republisher's scan: queued rows whose message is not confirmed.
+            models.Index(
+                fields=["updated_at"],
+                name="task_unpublished",
+                condition=Q(status=TaskStatus.QUEUED, published_at__isnull=True),
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="task_running_lease",
+                condition=Q(status=TaskStatus.RUNNING),
+            ),
+            models.Index(
+                fields=["-dead_lettered_at"],
+                name="task_dead_lettered",
+                condition=Q(dead_lettered_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id} ({self.status})"
+
+
+class TaskAttempt(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(
+        max_length=20, choices=AttemptOutcome.choices, default=AttemptOutcome.RUNNING
+    )
+    worker = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["task", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="attempt_unique_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+
+
+class TaskStatusChange(models.Model):
+    """The audit trail: one row for every status change, written with the change itself."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="status_changes")
+    from_status = models.CharField(max_length=20, blank=True, default="")
+    to_status = models.CharField(max_length=20)
+    at = models.DateTimeField()
+    attempt = models.PositiveIntegerField(default=0)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["task", "at", "id"]
+        indexes = [models.Index(fields=["task", "at"], name="status_change_task_at")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id}: {self.from_status or '-'} -> {self.to_status}"

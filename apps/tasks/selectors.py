@@ -1,0 +1,52 @@
+"""Task reads. A user sees only their own tasks; anything else is a 404."""
+
+import uuid
+from typing import Any
+
+import django_filters
+from django.db.models import Prefetch, QuerySet
+
+from apps.accounts.models import User
+from apps.core.exceptions import NotFound
+from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
+from apps.tasks.states import TaskStatus
+
+
+class TaskFilter(django_filters.FilterSet):
+    status = django_filters.MultipleChoiceFilter(choices=TaskStatus.choices)
+    type = django_filters.CharFilter(field_name="type")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    dead_lettered = django_filters.BooleanFilter(
+        field_name="dead_lettered_at", lookup_expr="isnull", exclude=True
+    )
+
+    class Meta:
+        model = Task
+        fields = ["status", "type", "created_after", "created_before", "dead_lettered"]
+
+
+def task_list(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Task]:
+    queryset = Task.objects.filter(owner=user).defer("payload", "result")
+    return TaskFilter(filters or {}, queryset=queryset).qs
+
+
+def task_get(*, user: User, task_id: uuid.UUID | str) -> Task:
+    task = Task.objects.filter(owner=user, id=task_id).first()
+    if task is None:
+        raise NotFound("No such task.", code="task_not_found")
+    return task
+
+
+def task_get_with_history(*, user: User, task_id: uuid.UUID | str) -> Task:
+    task = (
+        Task.objects.filter(owner=user, id=task_id)
+        .prefetch_related(
+            Prefetch("attempt_rows", queryset=TaskAttempt.objects.order_by("number")),
+            Prefetch("status_changes", queryset=TaskStatusChange.objects.order_by("at", "id")),
+        )
+        .first()
+    )
+    if task is None:
+        raise NotFound("No such task.", code="task_not_found")
+    return task

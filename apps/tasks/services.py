@@ -1,0 +1,393 @@
+"""Task writes: create, change, cancel, retry, delete, and beat's housekeeping.
+
+Every status change goes through `apps.tasks.transitions.transition`.
+"""
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.core.exceptions import ApplicationError, Conflict
+from apps.handlers.registry import require_task_type, validate_payload
+from apps.tasks import publisher
+from apps.tasks.models import AttemptOutcome, Task
+from apps.tasks.states import FINAL_STATES, NOT_STARTED_STATES, WAITING_STATES, TaskStatus
+from apps.tasks.transitions import AttemptFinish, Sql, transition, transition_one
+
+logger = logging.getLogger(__name__)
+S = TaskStatus
+_UNSET: Any = object()
+
+
+def _check_max_retries(value: int) -> None:
+    limit = settings.TASKFLOW["MAX_RETRIES_LIMIT"]
+    if not 0 <= value <= limit:
+        raise ApplicationError(
+            f"max_retries must be between 0 and {limit}.",
+            code="validation_error",
+            fields={"max_retries": [f"Ensure this value is between 0 and {limit}."]},
+        )
+
+
+def _check_run_at(run_at: datetime | None) -> None:
+    if run_at is not None and run_at <= timezone.now():
+        raise ApplicationError(
+            "run_at must be in the future.",
+            code="validation_error",
+            fields={"run_at": ["Must be in the future (RFC 3339, e.g. 2030-01-01T12:00:00Z)."]},
+        )
+
+
+def _check_payload_size(payload: Any) -> None:
+    limit = settings.TASKFLOW["MAX_PAYLOAD_BYTES"]
+    if len(json.dumps(payload)) > limit:
+        raise ApplicationError(
+            f"The payload is larger than {limit} bytes.",
+            code="payload_too_large",
+            fields={"payload": [f"At most {limit} bytes of JSON."]},
+            status_code=413,
+        )
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def task_create(
+    *,
+    owner: User,
+    type: str,
+    payload: Any,
+    max_retries: int | None = None,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Task, bool]:
+    """Create a task and publish it after commit. Returns (task, created).
+
+    With an idempotency key, a repeat of the same request returns the first task; the same key
+    with a different request is a 409.
+    """
+    spec = require_task_type(type)
+    _check_payload_size(payload)
+    clean_payload = validate_payload(spec, payload)
+    if max_retries is None:
+        max_retries = (
+            spec.max_retries
+            if spec.max_retries is not None
+            else settings.TASKFLOW["DEFAULT_MAX_RETRIES"]
+        )
+    _check_max_retries(max_retries)
+    _check_run_at(run_at)
+
+    fingerprint = ""
+    if idempotency_key:
+        fingerprint = _fingerprint(type, payload, max_retries, run_at)
+        existing = Task.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _idempotent_replay(existing, fingerprint), False
+
+    postponed = run_at is not None
+    task = Task(
+        owner=owner,
+        type=spec.name,
+        payload=clean_payload,
+        queue=spec.queue.value,
+        status=S.POSTPONED if postponed else S.QUEUED,
+        max_retries=max_retries,
+        run_at=run_at,
+        dispatch_id=None if postponed else uuid.uuid4(),
+        idempotency_key=idempotency_key or None,
+        idempotency_fingerprint=fingerprint,
+    )
+    try:
+        with transaction.atomic():
+            task.save(force_insert=True)
+            task.status_changes.create(
+                from_status="",
+                to_status=task.status,
+                at=task.created_at,
+                actor=owner,
+                note="created",
+            )
+            if not postponed:
+                publisher.publish_on_commit([publisher.dispatch_for(task)])
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent request with the same key won the race.
+        existing = Task.objects.get(owner=owner, idempotency_key=idempotency_key)
+        return _idempotent_replay(existing, fingerprint), False
+    return task, True
+
+
+def _idempotent_replay(existing: Task, fingerprint: str) -> Task:
+    if existing.idempotency_fingerprint != fingerprint:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request.",
+            code="idempotency_key_reused",
+            fields={"Idempotency-Key": ["Already used with a different request body."]},
+        )
+    return existing
+
+
+def task_update(
+    *,
+    task: Task,
+    actor: User,
+    payload: Any = _UNSET,
+    run_at: datetime | None = _UNSET,
+    max_retries: int = _UNSET,
+) -> Task:
+    """Change a task that has not started yet. A started (or finished) task is a 409."""
+    changes: dict[str, Any] = {}
+    if payload is not _UNSET:
+        _check_payload_size(payload)
+        changes["payload"] = validate_payload(require_task_type(task.type), payload)
+    if max_retries is not _UNSET:
+        _check_max_retries(max_retries)
+        changes["max_retries"] = max_retries
+
+    not_started = [str(s) for s in NOT_STARTED_STATES]
+    with transaction.atomic():
+        if run_at is not _UNSET:
+            _check_run_at(run_at)
+            moved = _reschedule(task=task, actor=actor, run_at=run_at, changes=changes)
+            if moved is None:
+                raise _not_startable_conflict(task)
+            return moved
+        if changes:
+            updated = Task.objects.filter(id=task.id, status__in=not_started).update(
+                updated_at=timezone.now(), **changes
+            )
+            if not updated:
+                raise _not_startable_conflict(task)
+    return Task.objects.get(id=task.id)
+
+
+def _not_startable_conflict(task: Task) -> Conflict:
+    current = Task.objects.filter(id=task.id).values_list("status", flat=True).first()
+    return Conflict(
+        f"The task is {current}; it can only be changed before it starts.",
+        code="task_already_started",
+        extra={"status": current},
+    )
+
+
+def _reschedule(
+    *, task: Task, actor: User, run_at: datetime | None, changes: dict[str, Any]
+) -> Task | None:
+    """Move run_at: a future time postpones the task, null runs it now."""
+    if run_at is None:
+        # Postponed -> queued at once; a queued or retrying task keeps its state.
+        moved = transition_one(
+            task_id=task.id,
+            to=S.QUEUED,
+            allowed_from={S.POSTPONED},
+            changes={**changes, "run_at": None, "dispatch_id": uuid.uuid4(), "published_at": None},
+            actor_id=actor.id,
+            note="run_at cleared: run now",
+        )
+        if moved:
+            publisher.publish_on_commit([publisher.dispatch_for(moved.task)])
+            return moved.task
+        updated = Task.objects.filter(id=task.id, status__in=[S.QUEUED, S.RETRYING]).update(
+            updated_at=timezone.now(), **changes
+        )
+        return Task.objects.get(id=task.id) if updated else None
+    if task.status == S.RETRYING:
+        updated = Task.objects.filter(id=task.id, status=S.RETRYING).update(
+            run_at=run_at, updated_at=timezone.now(), **changes
+        )
+        return Task.objects.get(id=task.id) if updated else None
+    moved = transition_one(
+        task_id=task.id,
+        to=S.POSTPONED,
+        allowed_from={S.QUEUED},
+        changes={**changes, "run_at": run_at, "dispatch_id": None, "published_at": None},
+        actor_id=actor.id,
+        note=f"postponed to {run_at.isoformat()}",
+    )
+    if moved:
+        return moved.task
+    updated = Task.objects.filter(id=task.id, status=S.POSTPONED).update(
+        run_at=run_at, updated_at=timezone.now(), **changes
+    )
+    return Task.objects.get(id=task.id) if updated else None
+
+
+@transaction.atomic
+def task_cancel(*, task: Task, actor: User | None) -> Task:
+    """Cancel a waiting task at once; ask a running one to stop (its handler ends it)."""
+    moved = transition_one(
+        task_id=task.id,
+        to=S.CANCELLED,
+        allowed_from=NOT_STARTED_STATES,
+        changes={"finished_at": timezone.now(), "dispatch_id": None, "run_at": None},
+        actor_id=actor.id if actor else None,
+        note="cancelled",
+    )
+    if moved:
+        return moved.task
+    now = timezone.now()
+    if Task.objects.filter(id=task.id, status=S.RUNNING, cancel_requested_at__isnull=True).update(
+        cancel_requested_at=now
+    ):
+        task.status_changes.create(
+            from_status=S.RUNNING,
+            to_status=S.RUNNING,
+            at=now,
+            attempt=task.attempts,
+            actor=actor,
+            note="cancel requested; the handler stops at its next check",
+        )
+        return Task.objects.get(id=task.id)
+    current = Task.objects.get(id=task.id)
+    if current.status == S.RUNNING:
+        return current  # already asked
+    raise Conflict(
+        f"The task is {current.status}; only a waiting or running task can be cancelled.",
+        code="task_not_cancellable",
+        extra={"status": current.status},
+    )
+
+
+@transaction.atomic
+def task_retry(*, task: Task, actor: User | None) -> Task:
+    """Run a failed (or dead-lettered, or cancelled) task again, with a fresh retry budget."""
+    was_dead = task.dead_lettered_at
+    moved = transition_one(
+        task_id=task.id,
+        to=S.QUEUED,
+        allowed_from={S.FAILED, S.CANCELLED},
+        changes={
+            "retries": 0,
+            "run_at": None,
+            "dispatch_id": uuid.uuid4(),
+            "published_at": None,
+            "finished_at": None,
+            "cancel_requested_at": None,
+            "dead_lettered_at": None,
+            "dead_letter_reason": "",
+            "progress": 0,
+            "progress_message": "",
+        },
+        actor_id=actor.id if actor else None,
+        note="replayed from the dead-letter queue" if was_dead else "retried by hand",
+    )
+    if moved is None:
+        current = Task.objects.get(id=task.id)
+        raise Conflict(
+            f"The task is {current.status}; only a failed or cancelled task can be retried.",
+            code="task_not_retryable",
+            extra={"status": current.status},
+        )
+    publisher.publish_on_commit([publisher.dispatch_for(moved.task)])
+    return moved.task
+
+
+def task_delete(*, task: Task) -> None:
+    deleted, _ = Task.objects.filter(id=task.id, status__in=list(FINAL_STATES)).delete()
+    if not deleted:
+        current = Task.objects.filter(id=task.id).values_list("status", flat=True).first()
+        raise Conflict(
+            f"The task is {current}; only a finished task can be deleted.",
+            code="task_not_finished",
+            extra={"status": current},
+        )
+
+
+# --- Housekeeping run by beat (tasks.release_due) ---------------------------------------------
+
+
+def release_due_tasks(*, batch_size: int | None = None, max_batches: int = 20) -> int:
+    """Queue postponed and retrying tasks whose run_at has come; publish them after commit."""
+    batch_size = batch_size or settings.TASKFLOW["RELEASE_BATCH_SIZE"]
+    released = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            moved = transition(
+                to=S.QUEUED,
+                allowed_from=WAITING_STATES,
+                due_batch=batch_size,
+                changes={
+                    "dispatch_id": Sql("gen_random_uuid()"),
+                    "published_at": None,
+                    "run_at": None,
+                },
+                note="released",
+            )
+            publisher.publish_on_commit([publisher.dispatch_for(m.task) for m in moved])
+        released += len(moved)
+        if len(moved) < batch_size:
+            break
+    return released
+
+
+def republish_unconfirmed(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
+    """Publish again queued tasks whose message the broker never confirmed."""
+    if older_than_seconds is None:
+        older_than_seconds = settings.TASKFLOW["REPUBLISH_AFTER_SECONDS"]
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    stale = list(
+        Task.objects.filter(status=S.QUEUED, published_at__isnull=True, updated_at__lt=cutoff)
+        .order_by("updated_at")
+        .only("id", "dispatch_id", "queue", "type")[:limit]
+    )
+    if stale:
+        logger.info("Publishing again %d queued task(s) with no confirmed message", len(stale))
+    return publisher.publish_now([publisher.dispatch_for(task) for task in stale])
+
+
+def reap_expired_leases(*, limit: int = 100) -> int:
+    """Running attempts past their lease are lost: their worker died without the broker noticing."""
+    from apps.tasks.execution import attempt_lost
+
+    expired = Task.objects.filter(
+        status=S.RUNNING, lease_expires_at__lt=timezone.now()
+    ).values_list("id", "attempts")[:limit]
+    reaped = 0
+    for task_id, attempt_number in expired:
+        outcome = attempt_lost(
+            task_id=task_id,
+            attempt=attempt_number,
+            reason="lease expired: the worker stopped reporting",
+        )
+        if outcome is not None and outcome.status == S.FAILED:
+            publisher.publish_dead_letter(
+                task_id=task_id, dispatch_id=outcome.dispatch_id, reason="lease_expired"
+            )
+        reaped += outcome is not None
+    return reaped
+
+
+def task_record_dead_letter(
+    *, task_id: uuid.UUID | str, dispatch_id: str | None, reason: str, at: datetime
+) -> bool:
+    """Note on a failed task that its message reached the dead-letter queue, and why."""
+    query = Task.objects.filter(id=task_id, status=S.FAILED)
+    if dispatch_id:
+        query = query.filter(dispatch_id=dispatch_id)
+    return bool(query.update(dead_lettered_at=at, dead_letter_reason=reason[:200]))
+
+
+__all__ = [
+    "AttemptOutcome",
+    "AttemptFinish",
+    "release_due_tasks",
+    "republish_unconfirmed",
+    "reap_expired_leases",
+    "task_cancel",
+    "task_create",
+    "task_delete",
+    "task_record_dead_letter",
+    "task_retry",
+    "task_update",
+]

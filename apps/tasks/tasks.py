@@ -1,0 +1,60 @@
+"""Celery entry points. Thin: they take ids and call services."""
+
+import time
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import Reject
+from celery.signals import worker_ready
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+from apps.tasks import execution, services
+from apps.tasks.topology import declare_topology
+
+DATABASE_AWAY_PAUSE_SECONDS = 1.0
+
+
+@shared_task(
+    name="tasks.execute",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    # A hard time-limit kill hands the message back; its redelivery settles the lost attempt.
+    acks_on_timeout=False,
+    ignore_result=True,
+)
+def execute(self: Any, task_id: str, dispatch_id: str) -> str:
+    delivery_info = self.request.delivery_info or {}
+    try:
+        outcome = execution.handle_delivery(
+            task_id=task_id,
+            dispatch_id=dispatch_id,
+            redelivered=bool(delivery_info.get("redelivered")),
+            worker=f"{self.request.hostname}",
+        )
+    except (OperationalError, InterfaceError) as exc:
+        # The database is away. Hand the message back (it comes back marked redelivered, which
+        # settles an attempt that had already started) after a pause, so as not to spin.
+        close_old_connections()
+        time.sleep(DATABASE_AWAY_PAUSE_SECONDS)
+        raise Reject(f"database unavailable: {exc}", requeue=True) from exc
+    if outcome.dead_letter:
+        # Failed for good: the message goes to the dead-letter exchange (see apps.tasks.queues).
+        raise Reject(f"task {task_id} failed: {outcome.note or outcome.status}", requeue=False)
+    return outcome.action
+
+
+@shared_task(name="tasks.release_due", ignore_result=True, acks_late=False)
+def release_due() -> dict[str, int]:
+    """Beat's heartbeat: release due tasks, republish unconfirmed ones, settle expired leases."""
+    return {
+        "released": services.release_due_tasks(),
+        "republished": services.republish_unconfirmed(),
+        "reaped": services.reap_expired_leases(),
+    }
+
+
+@worker_ready.connect
+def declare_topology_on_worker_start(sender: Any, **kwargs: Any) -> None:
+    with sender.app.connection_for_write() as connection:
+        declare_topology(connection)

@@ -1,0 +1,164 @@
+"""The one function through which every task status changes.
+
+It is a single SQL statement: lock the row(s), update them only if their status is one the move
+is allowed from (so two workers or two beat processes cannot both win), write the history row,
+and start or finish the attempt row, all atomically.
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
+from apps.tasks.states import TaskStatus, sources_of
+
+TASK_TABLE = Task._meta.db_table
+ATTEMPT_TABLE = TaskAttempt._meta.db_table
+HISTORY_TABLE = TaskStatusChange._meta.db_table
+_TASK_FIELDS = {field.column: field for field in Task._meta.concrete_fields}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Sql:
+    """A raw SQL expression for a SET clause, e.g. Sql("attempts + 1")."""
+
+    expression: str
+
+
+@dataclass(frozen=True)
+class AttemptStart:
+    worker: str
+
+
+@dataclass(frozen=True)
+class AttemptFinish:
+    outcome: str
+    error: str = ""
+
+
+@dataclass
+class Transitioned:
+    task: Task
+    previous_status: str
+
+
+def _task_from_row(row: dict[str, Any]) -> Task:
+    values = {}
+    for column, field in _TASK_FIELDS.items():
+        value = row[column]
+        if hasattr(field, "from_db_value"):  # JSON arrives as text from a raw cursor
+            value = field.from_db_value(value, None, connection)
+        values[field.attname] = value
+    task = Task(**values)
+    task._state.adding = False
+    task._state.db = "default"
+    return task
+
+
+def _set_clause(changes: dict[str, Any], params: list[Any]) -> str:
+    parts = []
+    for name, value in changes.items():
+        field = Task._meta.get_field(name)
+        column = field.column  # type: ignore[union-attr]
+        if isinstance(value, Sql):
+            parts.append(f"{column} = {value.expression}")
+        else:
+            parts.append(f"{column} = %s")
+            params.append(field.get_db_prep_save(value, connection))  # type: ignore[union-attr]
+    return "".join(f", {part}" for part in parts)
+
+
+def transition(
+    *,
+    to: TaskStatus,
+    allowed_from: frozenset[TaskStatus] | set[TaskStatus],
+    task_id: uuid.UUID | str | None = None,
+    due_batch: int | None = None,
+    where: str = "",
+    where_params: tuple[Any, ...] = (),
+    changes: dict[str, Any] | None = None,
+    attempt: AttemptStart | AttemptFinish | None = None,
+    actor_id: int | None = None,
+    note: str = "",
+) -> list[Transitioned]:
+    """Move one task (`task_id`) or a batch of due waiting tasks (`due_batch`) to `to`.
+
+    Only rows whose status is in `allowed_from` (and that match `where`) move; the caller learns
+    which did from the returned list. Asking for a move the state machine forbids raises.
+    """
+    illegal = set(allowed_from) - sources_of(to)
+    if illegal or not allowed_from:
+        raise IllegalTransition(f"{sorted(illegal) or 'nothing'} -> {to} is not a legal move")
+    if (task_id is None) == (due_batch is None):
+        raise ValueError("give exactly one of task_id and due_batch")
+
+    if task_id is not None:
+        select = f"SELECT id, status FROM {TASK_TABLE} WHERE id = %s FOR UPDATE"
+        select_params: list[Any] = [str(task_id)]
+    else:
+        # Two releasers never take the same row: each skips what the other has locked.
+        select = (
+            f"SELECT id, status FROM {TASK_TABLE} WHERE status = ANY(%s) AND run_at <= now() "
+            "ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED"
+        )
+        select_params = [[str(s) for s in allowed_from], due_batch]
+
+    set_params: list[Any] = []
+    set_sql = _set_clause(changes or {}, set_params)
+
+    attempt_sql = ""
+    attempt_params: list[Any] = []
+    if isinstance(attempt, AttemptStart):
+        attempt_sql = (
+            f", att AS (INSERT INTO {ATTEMPT_TABLE} "
+            "(task_id, number, outcome, worker, started_at, error) "
+            "SELECT id, attempts, 'running', %s, now(), '' FROM upd)"
+        )
+        attempt_params = [attempt.worker[:200]]
+    elif isinstance(attempt, AttemptFinish):
+        attempt_sql = (
+            f", att AS (UPDATE {ATTEMPT_TABLE} a SET outcome = %s, finished_at = now(), error = %s "
+            "FROM upd WHERE a.task_id = upd.id AND a.number = upd.attempts)"
+        )
+        attempt_params = [attempt.outcome, attempt.error]
+
+    sql = f"""
+        WITH old AS ({select}),
+        upd AS (
+            UPDATE {TASK_TABLE} t SET status = %s, updated_at = now(){set_sql}
+            FROM old WHERE t.id = old.id AND old.status = ANY(%s) {where}
+            RETURNING t.*, old.status AS previous_status
+        ),
+        hist AS (
+            INSERT INTO {HISTORY_TABLE} (task_id, from_status, to_status, at, attempt, actor_id, note)
+            SELECT id, previous_status, %s, now(), attempts, %s, %s FROM upd
+        ){attempt_sql}
+        SELECT * FROM upd
+    """
+    params = [
+        *select_params,
+        str(to),
+        *set_params,
+        [str(s) for s in allowed_from],
+        *where_params,
+        str(to),
+        actor_id,
+        note[:2000],
+        *attempt_params,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [column.name for column in cursor.description]
+        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    return [Transitioned(_task_from_row(row), row["previous_status"]) for row in rows]
+
+
+def transition_one(**kwargs: Any) -> Transitioned | None:
+    moved = transition(**kwargs)
+    return moved[0] if moved else None
