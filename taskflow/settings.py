@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from apps.tasks.queues import TASK_ROUTES, WORK_EXCHANGE_NAME, TaskQueue, all_queues
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -75,6 +77,8 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Lets two test runs on one machine keep separate test databases.
+DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -192,6 +196,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 # Queues, exchanges and routes are declared in apps/tasks/queues.py (one place).
+CELERY_TASK_QUEUES = all_queues()
+CELERY_TASK_DEFAULT_QUEUE = TaskQueue.DEFAULT.value
+CELERY_TASK_DEFAULT_EXCHANGE = WORK_EXCHANGE_NAME
+CELERY_TASK_DEFAULT_ROUTING_KEY = TaskQueue.DEFAULT.value
+CELERY_TASK_ROUTES = TASK_ROUTES
 CELERY_TASK_CREATE_MISSING_QUEUES = False
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -45,11 +45,11 @@ class LoginView(TokenObtainPairView):
     """Trade email and password for an access and a refresh JWT."""
 
     serializer_class = EmailTokenObtainPairSerializer
-    authentication_classes: list[Any] = []
+    authentication_classes = ()
 
 
 class RefreshView(TokenRefreshView):
-    authentication_classes: list[Any] = []
+    authentication_classes = ()
 
 
 class MeView(APIView):

@@ -21,7 +21,9 @@ def user_register(*, email: str, password: str) -> User:
         password_validation.validate_password(password, user=User(email=email))
     except DjangoValidationError as exc:
         raise ApplicationError(
-            "The password is too weak.", code="weak_password", fields={"password": list(exc.messages)}
+            "The password is too weak.",
+            code="weak_password",
+            fields={"password": list(exc.messages)},
         ) from exc
     try:
         with transaction.atomic():

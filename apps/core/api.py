@@ -16,6 +16,9 @@ class StrictInputSerializer(serializers.Serializer):
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError(
-                {name: [f"Unknown field. Known fields: {', '.join(self.fields)}."] for name in unknown}
+                {
+                    name: [f"Unknown field. Known fields: {', '.join(self.fields)}."]
+                    for name in unknown
+                }
             )
         return super().to_internal_value(data)

@@ -16,7 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 class ApplicationError(Exception):
     """A domain error the caller can act on; `code` is machine-readable."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(
         self,
@@ -37,14 +37,14 @@ class ApplicationError(Exception):
 
 
 class NotFound(ApplicationError):
-    status_code = status.HTTP_404_NOT_FOUND
+    status_code: int = status.HTTP_404_NOT_FOUND
 
     def __init__(self, message: str = "Not found.", *, code: str = "not_found") -> None:
         super().__init__(message, code=code)
 
 
 class Conflict(ApplicationError):
-    status_code = status.HTTP_409_CONFLICT
+    status_code: int = status.HTTP_409_CONFLICT
 
 
 def error_body(
@@ -111,7 +111,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             if isinstance(detail, dict)
             else {"non_field_errors": flatten_detail(detail)}
         )
-        body = error_body("validation_error", f"Invalid input: {validation_summary(fields)}", fields)
+        body = error_body(
+            "validation_error", f"Invalid input: {validation_summary(fields)}", fields
+        )
     elif isinstance(exc, exceptions.ParseError):
         body = error_body("malformed_request", f"Malformed request body: {exc.detail}")
     else:
@@ -119,13 +121,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         if code is None:
             codes = exc.get_codes()
             code = codes if isinstance(codes, str) else "error"
-        detail = exc.detail
-        if isinstance(detail, dict):
+        raw_detail: Any = exc.detail
+        if isinstance(raw_detail, dict):
             # simplejwt answers {"detail": ..., "code": ..., "messages": [...]}
-            message = str(detail.get("detail", "Request failed."))
-            code = str(detail.get("code", code))
+            message = str(raw_detail.get("detail", "Request failed."))
+            code = str(raw_detail.get("code", code))
         else:
-            message = str(detail)
+            message = str(raw_detail)
         body = error_body(code, message)
     response.data = body
     return response

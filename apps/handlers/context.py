@@ -9,7 +9,7 @@ from typing import Any
 from apps.handlers.errors import TaskCancelled
 
 
-class TaskLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+class TaskLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         kwargs.setdefault("extra", {}).update(extra)
@@ -30,7 +30,7 @@ class TaskContext:
     _cancel_checked_at: float = field(default=0.0, repr=False)
 
     @property
-    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg,unused-ignore]
         return TaskLoggerAdapter(
             logging.getLogger(f"taskflow.handlers.{self.task_type}"),
             {"task_id": self.task_id, "task_type": self.task_type, "attempt": self.attempt},

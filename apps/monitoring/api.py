@@ -45,7 +45,5 @@ class ReadyApi(APIView):
         checks = readiness()
         down = [name for name, state in checks.items() if state != "ok"]
         if down:
-            return Response(
-                {"status": "unavailable", "down": down, "checks": checks}, status=503
-            )
+            return Response({"status": "unavailable", "down": down, "checks": checks}, status=503)
         return Response({"status": "ok", "checks": checks})

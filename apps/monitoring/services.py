@@ -44,5 +44,3 @@ def readiness() -> dict[str, str]:
         else:
             results[name] = "ok"
     return results
-
-

@@ -28,7 +28,7 @@ class DeadLetteredFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg,unused-ignore]
     extra = 0
     can_delete = False
     show_change_link = False
@@ -42,20 +42,20 @@ class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
 
 class AttemptInline(ReadOnlyInline):
     model = TaskAttempt
-    fields = ["number", "outcome", "worker", "started_at", "finished_at", "error"]
+    fields = ("number", "outcome", "worker", "started_at", "finished_at", "error")
     readonly_fields = fields
     ordering = ["number"]
 
 
 class StatusChangeInline(ReadOnlyInline):
     model = TaskStatusChange
-    fields = ["at", "from_status", "to_status", "attempt", "actor", "note"]
+    fields = ("at", "from_status", "to_status", "attempt", "actor", "note")
     readonly_fields = fields
     ordering = ["at", "id"]
 
 
 def _run_for_each(
-    modeladmin: admin.ModelAdmin,  # type: ignore[type-arg]
+    modeladmin: Any,
     request: HttpRequest,
     queryset: QuerySet[Task],
     action: Any,
@@ -89,7 +89,7 @@ def cancel_tasks(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Task]
 
 
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
     list_display = [
         "id",
         "type",
@@ -109,7 +109,7 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ordering = ["-created_at"]
     actions = [retry_tasks, cancel_tasks]
     inlines = [AttemptInline, StatusChangeInline]
-    readonly_fields = [
+    readonly_fields = (
         "id",
         "owner",
         "type",
@@ -135,7 +135,7 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "updated_at",
         "started_at",
         "finished_at",
-    ]
+    )
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -149,9 +149,13 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def dead_letter(self, task: Task) -> str:
         if task.dead_lettered_at is None:
             return ""
-        return format_html("{}<br><small>{}</small>", task.dead_lettered_at, task.dead_letter_reason)
+        return format_html(
+            "{}<br><small>{}</small>", task.dead_lettered_at, task.dead_letter_reason
+        )
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
         extra_context = extra_context or {}
         extra_context["dead_lettered_url"] = (
             reverse("admin:tasks_task_changelist") + "?dead_lettered=yes"

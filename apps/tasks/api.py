@@ -241,5 +241,3 @@ class TaskTypeListApi(APIView):
             for spec in task_types()
         ]
         return Response(TaskTypeOutputSerializer(types, many=True).data)
-
-

@@ -45,7 +45,12 @@ def parse_dead_letter(body: Any, headers: dict[str, Any]) -> dict[str, Any] | No
             reason += f" ({death['count']} times)"
         if isinstance(death.get("time"), datetime):
             at = death["time"] if death["time"].tzinfo else death["time"].replace(tzinfo=UTC)
-    return {"task_id": str(task_id), "dispatch_id": str(dispatch_id or ""), "reason": reason, "at": at}
+    return {
+        "task_id": str(task_id),
+        "dispatch_id": str(dispatch_id or ""),
+        "reason": reason,
+        "at": at,
+    }
 
 
 def handle_dead_letter(body: Any, message: Message) -> None:
@@ -74,7 +79,7 @@ class DeadLetterConsumer(ConsumerMixin):
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
-    def get_consumers(self, consumer_cls: type[Consumer], channel: Any) -> list[Consumer]:
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Consumer]:
         return [
             consumer_cls(
                 queues=[dead_letter_queue()],

@@ -19,7 +19,9 @@ class AttemptOutcome(models.TextChoices):
 
 class Task(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks"
+    )
     type = models.CharField(max_length=100)
     payload = models.JSONField(default=dict)
     queue = models.CharField(max_length=50)
@@ -49,7 +51,8 @@ class Task(models.Model):
     dead_lettered_at = models.DateTimeField(null=True, blank=True)
     dead_letter_reason = models.CharField(max_length=200, blank=True, default="")
 
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL means "no key", which the unique constraint leaves out.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=False)

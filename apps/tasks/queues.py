@@ -1,10 +1,10 @@
 """The RabbitMQ topology: every queue, exchange and route is declared here and nowhere else.
 
-    taskflow (direct) --default--> default  -+
-                      --io-------> io        +-- x-dead-letter-exchange --> taskflow.dlx (fanout)
-                      --cpu------> cpu      -+                                   |
-                      --maintenance-> maintenance (beat's releaser; no DLX)      v
-                                                                         taskflow.deadletter
+taskflow (direct) --default--> default  -+
+                  --io-------> io        +-- x-dead-letter-exchange --> taskflow.dlx (fanout)
+                  --cpu------> cpu      -+                                   |
+                  --maintenance-> maintenance (beat's releaser; no DLX)      v
+                                                                     taskflow.deadletter
 """
 
 from enum import StrEnum
@@ -61,14 +61,5 @@ def all_queues() -> list[Queue]:
     return [*(work_queue(name) for name in WORK_QUEUES), maintenance_queue()]
 
 
-def configure_celery_queues() -> None:
-    from taskflow.celery import app
-
-    app.conf.task_queues = all_queues()
-    app.conf.task_default_queue = TaskQueue.DEFAULT.value
-    app.conf.task_default_exchange = WORK_EXCHANGE_NAME
-    app.conf.task_default_routing_key = TaskQueue.DEFAULT.value
-    app.conf.task_routes = {
-        "tasks.release_due": {"queue": TaskQueue.MAINTENANCE.value},
-        "tasks.reap_stale": {"queue": TaskQueue.MAINTENANCE.value},
-    }
+# Housekeeping tasks go to the maintenance queue; tasks.execute names its queue per message.
+TASK_ROUTES = {"tasks.release_due": {"queue": TaskQueue.MAINTENANCE.value}}

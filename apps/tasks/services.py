@@ -379,11 +379,11 @@ def task_record_dead_letter(
 
 
 __all__ = [
-    "AttemptOutcome",
     "AttemptFinish",
+    "AttemptOutcome",
+    "reap_expired_leases",
     "release_due_tasks",
     "republish_unconfirmed",
-    "reap_expired_leases",
     "task_cancel",
     "task_create",
     "task_delete",

@@ -1,11 +1,11 @@
 """The task state machine: one set of states and the moves allowed between them.
 
-    postponed --release--> queued --claim--> running --success--> succeeded
-        ^--reschedule (PATCH run_at)--+
-        |                    ^  |               |  \\--permanent / out of retries--> failed
-        |                    |  |               \\--retryable failure--> retrying --release--> queued
-        +--cancel--> cancelled <-+--cancel------+ (running: cancel is cooperative)
-    failed / cancelled --manual retry--> queued
+postponed --release--> queued --claim--> running --success--> succeeded
+    ^--reschedule (PATCH run_at)--+
+    |                    ^  |               |  \\--permanent / out of retries--> failed
+    |                    |  |               \\--retryable failure--> retrying --release--> queued
+    +--cancel--> cancelled <-+--cancel------+ (running: cancel is cooperative)
+failed / cancelled --manual retry--> queued
 """
 
 from django.db import models

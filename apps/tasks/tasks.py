@@ -14,7 +14,7 @@ from apps.tasks.topology import declare_topology
 DATABASE_AWAY_PAUSE_SECONDS = 1.0
 
 
-@shared_task(
+@shared_task(  # type: ignore[call-overload]
     name="tasks.execute",
     bind=True,
     acks_late=True,

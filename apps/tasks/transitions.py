@@ -17,7 +17,7 @@ from apps.tasks.states import TaskStatus, sources_of
 TASK_TABLE = Task._meta.db_table
 ATTEMPT_TABLE = TaskAttempt._meta.db_table
 HISTORY_TABLE = TaskStatusChange._meta.db_table
-_TASK_FIELDS = {field.column: field for field in Task._meta.concrete_fields}
+_TASK_FIELDS = {str(field.column): field for field in Task._meta.concrete_fields}
 
 
 class IllegalTransition(ValueError):
@@ -136,7 +136,8 @@ def transition(
             RETURNING t.*, old.status AS previous_status
         ),
         hist AS (
-            INSERT INTO {HISTORY_TABLE} (task_id, from_status, to_status, at, attempt, actor_id, note)
+            INSERT INTO {HISTORY_TABLE}
+                (task_id, from_status, to_status, at, attempt, actor_id, note)
             SELECT id, previous_status, %s, now(), attempts, %s, %s FROM upd
         ){attempt_sql}
         SELECT * FROM upd

@@ -2,7 +2,9 @@ from django.urls import re_path
 
 from apps.tasks import api
 
-UUID = r"(?P<task_id>[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})"
+UUID = (
+    r"(?P<task_id>[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})"
+)
 
 # Paths work with and without a trailing slash (the seeds' clients send none).
 urlpatterns = [

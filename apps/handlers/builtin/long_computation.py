@@ -1,4 +1,4 @@
-"""`long_computation` (seed 001): works for `duration` seconds, reports progress, stops on cancel."""
+"""`long_computation` (seed 001): works `duration` seconds, reports progress, stops on cancel."""
 
 import time
 from typing import Any

@@ -1,0 +1,94 @@
+"""Test fixtures. The suite talks to the real PostgreSQL, RabbitMQ and Redis.
+
+Each run gets its own RabbitMQ virtual host, so queues never mix with `make run` or another run.
+"""
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+import tests.support.handlers  # noqa: F401  (registers the test-only task types)
+from apps.accounts.models import User
+from taskflow.celery import app as celery_app
+from tests.support.broker import BrokerProbe
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_vhost() -> Iterator[str]:
+    vhost = f"taskflow-test-{uuid.uuid4().hex[:10]}"
+    _rabbitmqctl("add_vhost", vhost)
+    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    base = settings.CELERY_BROKER_URL.rsplit("/", 1)[0]
+    url = f"{base}/{vhost}"
+    settings.CELERY_BROKER_URL = url
+    app: Any = celery_app
+    app.conf.broker_url = url
+    app.pool.force_close_all()
+    app._pool = None
+    os.environ["CELERY_BROKER_URL"] = url
+    try:
+        yield url
+    finally:
+        app.pool.force_close_all()
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(settings: Any) -> None:
+    settings.TASKFLOW = {
+        **settings.TASKFLOW,
+        "RETRY_BACKOFF_BASE_SECONDS": 0.01,
+        "RETRY_BACKOFF_CAP_SECONDS": 0.05,
+    }
+
+
+@pytest.fixture
+def broker(rabbitmq_vhost: str) -> Iterator[BrokerProbe]:
+    """Look into the test vhost's queues, and purge them before and after the test."""
+    probe = BrokerProbe(rabbitmq_vhost)
+    probe.purge_all()
+    yield probe
+    probe.purge_all()
+    probe.close()
+
+
+@pytest.fixture
+def user(db: Any) -> User:
+    return User.objects.create_user(email="alice@example.com", password="correct-horse-battery")
+
+
+@pytest.fixture
+def other_user(db: Any) -> User:
+    return User.objects.create_user(email="bob@example.com", password="correct-horse-battery")
+
+
+def client_for(user: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    return client
+
+
+@pytest.fixture
+def api(user: User) -> APIClient:
+    return client_for(user)
+
+
+@pytest.fixture
+def other_api(other_user: User) -> APIClient:
+    return client_for(other_user)
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()

@@ -1,0 +1,39 @@
+"""Direct access to RabbitMQ for tests: queue depths, and the dead-letter queue's messages."""
+
+from typing import Any
+
+from kombu import Connection
+
+from apps.tasks.queues import DEAD_LETTER_QUEUE_NAME, TaskQueue
+from apps.tasks.topology import declare_topology
+
+
+class BrokerProbe:
+    def __init__(self, url: str) -> None:
+        self.connection = Connection(url)
+        self.connection.ensure_connection(max_retries=3)
+        self.channel: Any = self.connection.channel()
+        declare_topology(self.connection)
+
+    def depth(self, queue: str) -> int:
+        _, messages, _ = self.channel.queue_declare(queue=queue, passive=True)
+        return int(messages)
+
+    def get(self, queue: str) -> Any:
+        """Take one message (acked), or None."""
+        message = self.channel.basic_get(queue=queue, no_ack=True)
+        return message
+
+    def drain(self, queue: str) -> list[Any]:
+        out = []
+        while (message := self.get(queue)) is not None:
+            out.append(message)
+        return out
+
+    def purge_all(self) -> None:
+        for queue in [*TaskQueue, DEAD_LETTER_QUEUE_NAME]:
+            self.channel.queue_purge(str(queue))
+
+    def close(self) -> None:
+        self.channel.close()
+        self.connection.release()

@@ -1,0 +1,59 @@
+"""Task types for tests only. Loaded by tests/conftest.py in-process, and through
+TASKFLOW_HANDLER_MODULES=tests.support.handlers by the worker processes the tests start."""
+
+import os
+import signal
+import time
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.handlers.context import TaskContext
+from apps.handlers.errors import PermanentError, RetryableError
+from apps.handlers.registry import AnyPayload, handler
+
+
+class FlakyPayload(serializers.Serializer):
+    fail_times = serializers.IntegerField(min_value=0)
+
+
+@handler("test_flaky", payload=FlakyPayload)
+def flaky(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Fails with a retryable error on its first `fail_times` attempts, then succeeds."""
+    if ctx.attempt <= payload["fail_times"]:
+        raise RetryableError(f"planned failure {ctx.attempt} of {payload['fail_times']}")
+    return {"succeeded_on_attempt": ctx.attempt}
+
+
+@handler("test_permanent", payload=AnyPayload)
+def permanent(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    raise PermanentError("this input can never work")
+
+
+@handler("test_crash", payload=AnyPayload)
+def crash(ctx: TaskContext, payload: dict[str, Any]) -> None:
+    """Kills its own worker process, every time (a poison message)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SleepPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=120)
+    marker = serializers.CharField(required=False, default="")
+
+
+@handler("test_sleep", payload=SleepPayload)
+def sleep(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleeps in small steps, cancellable; appends a line to a marker file when it starts."""
+    if payload["marker"]:
+        with open(payload["marker"], "a") as marker:
+            marker.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+    deadline = time.monotonic() + payload["seconds"]
+    while time.monotonic() < deadline:
+        ctx.raise_if_cancelled()
+        time.sleep(0.05)
+    return {"slept": payload["seconds"]}
+
+
+@handler("test_bad_result", payload=AnyPayload)
+def bad_result(ctx: TaskContext, payload: dict[str, Any]) -> Any:
+    return {"not json": object()}

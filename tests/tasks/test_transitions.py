@@ -1,0 +1,110 @@
+"""The one transition function: legal moves only, conditional, with a history row each."""
+
+import threading
+import uuid
+
+import pytest
+from django.db import connection
+
+from apps.tasks.models import Task, TaskStatusChange
+from apps.tasks.states import TRANSITIONS, TaskStatus
+from apps.tasks.transitions import IllegalTransition, transition, transition_one
+
+S = TaskStatus
+
+
+def make_task(owner, status=S.QUEUED, **fields) -> Task:
+    return Task.objects.create(
+        owner=owner,
+        type="echo",
+        payload={},
+        queue="default",
+        status=status,
+        dispatch_id=uuid.uuid4(),
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [(s, t) for s in S for t in S if t not in TRANSITIONS[s] and s != t],
+)
+def test_every_illegal_move_is_refused_before_touching_the_database(source, target):
+    with pytest.raises(IllegalTransition):
+        transition(task_id=uuid.uuid4(), to=target, allowed_from={source})
+
+
+def test_a_legal_move_updates_the_row_and_writes_history(user):
+    task = make_task(user)
+    moved = transition_one(
+        task_id=task.id, to=S.CANCELLED, allowed_from={S.QUEUED}, actor_id=user.id, note="why"
+    )
+    assert moved is not None
+    assert moved.previous_status == S.QUEUED
+    assert moved.task.status == S.CANCELLED
+    task.refresh_from_db()
+    assert task.status == S.CANCELLED
+    change = TaskStatusChange.objects.get(task=task)
+    assert (change.from_status, change.to_status, change.actor_id, change.note) == (
+        S.QUEUED,
+        S.CANCELLED,
+        user.id,
+        "why",
+    )
+
+
+def test_a_move_from_the_wrong_state_changes_nothing(user):
+    task = make_task(user, status=S.SUCCEEDED)
+    assert transition_one(task_id=task.id, to=S.CANCELLED, allowed_from={S.QUEUED}) is None
+    task.refresh_from_db()
+    assert task.status == S.SUCCEEDED
+    assert not TaskStatusChange.objects.filter(task=task).exists()
+
+
+def test_extra_conditions_must_hold(user):
+    task = make_task(user)
+    moved = transition_one(
+        task_id=task.id,
+        to=S.CANCELLED,
+        allowed_from={S.QUEUED},
+        where="AND t.dispatch_id = %s",
+        where_params=(str(uuid.uuid4()),),
+    )
+    assert moved is None
+
+
+def test_json_fields_come_back_as_python_values(user):
+    task = make_task(user)
+    moved = transition_one(
+        task_id=task.id,
+        to=S.RUNNING,
+        allowed_from={S.QUEUED},
+        changes={"result": {"a": [1, 2]}, "payload": {"x": "y"}},
+    )
+    assert moved is not None
+    assert moved.task.result == {"a": [1, 2]}
+    assert moved.task.payload == {"x": "y"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_claims_only_one_wins(user):
+    task = make_task(user)
+    barrier = threading.Barrier(8)
+    winners: list[bool] = []
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            winners.append(
+                transition_one(task_id=task.id, to=S.RUNNING, allowed_from={S.QUEUED}) is not None
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(winners) == [False] * 7 + [True]
+    assert TaskStatusChange.objects.filter(task=task, to_status=S.RUNNING).count() == 1
