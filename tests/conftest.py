@@ -3,11 +3,11 @@
 Each run gets its own RabbitMQ virtual host, so queues never mix with `make run` or another run.
 """
 
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
@@ -16,8 +16,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 import tests.support.handlers  # noqa: F401  (registers the test-only task types)
 from apps.accounts.models import User
-from taskflow.celery import app as celery_app
-from tests.support.broker import BrokerProbe
+from tests.support.broker import BrokerProbe, use_broker
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -29,18 +28,13 @@ def rabbitmq_vhost() -> Iterator[str]:
     vhost = f"taskflow-test-{uuid.uuid4().hex[:10]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    base = settings.CELERY_BROKER_URL.rsplit("/", 1)[0]
-    url = f"{base}/{vhost}"
+    url = urlparse(settings.CELERY_BROKER_URL)._replace(path=f"/{vhost}").geturl()
     settings.CELERY_BROKER_URL = url
-    app: Any = celery_app
-    app.conf.broker_url = url
-    app.pool.force_close_all()
-    app._pool = None
-    os.environ["CELERY_BROKER_URL"] = url
+    use_broker(url)
     try:
         yield url
     finally:
-        app.pool.force_close_all()
+        use_broker(url)  # closes every connection before the vhost goes
         _rabbitmqctl("delete_vhost", vhost)
 
 

@@ -54,7 +54,6 @@ def parse_dead_letter(body: Any, headers: dict[str, Any]) -> dict[str, Any] | No
 
 
 def handle_dead_letter(body: Any, message: Message) -> None:
-    close_old_connections()
     parsed = parse_dead_letter(body, dict(message.headers or {}))
     if parsed is None:
         logger.warning("Dead letter that is not a TaskFlow task: headers=%s", message.headers)
@@ -83,11 +82,16 @@ class DeadLetterConsumer(ConsumerMixin):
         return [
             consumer_cls(
                 queues=[dead_letter_queue()],
-                callbacks=[handle_dead_letter],
+                callbacks=[self.on_message],
                 accept=["json", "application/json"],
                 prefetch_count=50,
             )
         ]
+
+    def on_message(self, body: Any, message: Message) -> None:
+        # A long-lived process: drop database connections that broke or aged out, as Celery does.
+        close_old_connections()
+        handle_dead_letter(body, message)
 
     def on_connection_error(self, exc: Exception, interval: float) -> None:
         logger.warning("Dead-letter consumer lost the broker (%s); retrying in %ss", exc, interval)

@@ -16,7 +16,6 @@ from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 
 from apps.handlers.context import TaskContext
@@ -58,7 +57,6 @@ def _lease_seconds(spec: TaskTypeSpec | None) -> int:
 def handle_delivery(
     *, task_id: str, dispatch_id: str, redelivered: bool, worker: str
 ) -> DeliveryOutcome:
-    close_old_connections()
     task = Task.objects.filter(id=task_id).only("id", "type").first()
     if task is None:
         return DeliveryOutcome("dropped", note="no such task (deleted)")
@@ -71,7 +69,7 @@ def handle_delivery(
         where_params=(dispatch_id,),
         changes={
             "attempts": Sql("t.attempts + 1"),
-            "started_at": Sql("COALESCE(t.started_at, now())"),
+            "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),
             "lease_expires_at": timezone.now() + timedelta(seconds=_lease_seconds(spec)),
             "progress": 0,
             "progress_message": "",
@@ -161,7 +159,7 @@ def _finish(
         where=where,
         where_params=params,
         changes={
-            "finished_at": timezone.now(),
+            "finished_at": Sql("statement_timestamp()"),
             "lease_expires_at": None,
             "error": error,
             **(changes or {}),
@@ -234,7 +232,11 @@ def _retry_or_fail(
             allowed_from={S.RUNNING},
             where=where,
             where_params=(attempt,),
-            changes={"finished_at": timezone.now(), "lease_expires_at": None, "error": error},
+            changes={
+                "finished_at": Sql("statement_timestamp()"),
+                "lease_expires_at": None,
+                "error": error,
+            },
             attempt=AttemptFinish(outcome=outcome, error=error),
             note=f"attempt {attempt} {outcome}: {error}; no retries left",
         )

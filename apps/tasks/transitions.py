@@ -104,7 +104,7 @@ def transition(
     else:
         # Two releasers never take the same row: each skips what the other has locked.
         select = (
-            f"SELECT id, status FROM {TASK_TABLE} WHERE status = ANY(%s) AND run_at <= now() "
+            f"SELECT id, status FROM {TASK_TABLE} WHERE status = ANY(%s) AND run_at <= statement_timestamp() "
             "ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED"
         )
         select_params = [[str(s) for s in allowed_from], due_batch]
@@ -118,12 +118,12 @@ def transition(
         attempt_sql = (
             f", att AS (INSERT INTO {ATTEMPT_TABLE} "
             "(task_id, number, outcome, worker, started_at, error) "
-            "SELECT id, attempts, 'running', %s, now(), '' FROM upd)"
+            "SELECT id, attempts, 'running', %s, statement_timestamp(), '' FROM upd)"
         )
         attempt_params = [attempt.worker[:200]]
     elif isinstance(attempt, AttemptFinish):
         attempt_sql = (
-            f", att AS (UPDATE {ATTEMPT_TABLE} a SET outcome = %s, finished_at = now(), error = %s "
+            f", att AS (UPDATE {ATTEMPT_TABLE} a SET outcome = %s, finished_at = statement_timestamp(), error = %s "
             "FROM upd WHERE a.task_id = upd.id AND a.number = upd.attempts)"
         )
         attempt_params = [attempt.outcome, attempt.error]
@@ -131,14 +131,14 @@ def transition(
     sql = f"""
         WITH old AS ({select}),
         upd AS (
-            UPDATE {TASK_TABLE} t SET status = %s, updated_at = now(){set_sql}
+            UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
             FROM old WHERE t.id = old.id AND old.status = ANY(%s) {where}
             RETURNING t.*, old.status AS previous_status
         ),
         hist AS (
             INSERT INTO {HISTORY_TABLE}
                 (task_id, from_status, to_status, at, attempt, actor_id, note)
-            SELECT id, previous_status, %s, now(), attempts, %s, %s FROM upd
+            SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, %s FROM upd
         ){attempt_sql}
         SELECT * FROM upd
     """

@@ -1,5 +1,6 @@
 """Direct access to RabbitMQ for tests: queue depths, and the dead-letter queue's messages."""
 
+import os
 from typing import Any
 
 from kombu import Connection
@@ -37,3 +38,20 @@ class BrokerProbe:
     def close(self) -> None:
         self.channel.close()
         self.connection.release()
+
+
+def use_broker(url: str) -> None:
+    """Point this process's Celery app at `url`, dropping every pooled connection and producer."""
+    from kombu import pools
+
+    from taskflow.celery import app as celery_app
+
+    app: Any = celery_app
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    pools.reset()
+    app.conf.broker_url = url
+    # Celery's conf.broker_url prefers this variable to anything configured.
+    os.environ["CELERY_BROKER_URL"] = url

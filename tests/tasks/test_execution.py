@@ -1,0 +1,250 @@
+"""What a worker does with a message, called directly against the real database."""
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.tasks import services
+from apps.tasks.backoff import retry_delay
+from apps.tasks.execution import attempt_lost, handle_delivery
+from apps.tasks.models import AttemptOutcome, Task, TaskAttempt, TaskStatusChange
+from apps.tasks.states import TaskStatus
+from tests.support.wait import wait_for
+from tests.tasks.factories import create_task
+
+S = TaskStatus
+
+
+def deliver(task: Task, *, redelivered: bool = False, dispatch_id: str | None = None):
+    task.refresh_from_db()
+    return handle_delivery(
+        task_id=str(task.id),
+        dispatch_id=dispatch_id or str(task.dispatch_id),
+        redelivered=redelivered,
+        worker="test-worker",
+    )
+
+
+def release_when_due(task: Task) -> None:
+    task.refresh_from_db()
+    wait_for(lambda: timezone.now() >= task.run_at, timeout=5, what="the retry wait")
+    assert services.release_due_tasks() >= 1
+
+
+def test_echo_runs_and_records_one_attempt(user):
+    task = create_task(user, "echo", {"hello": "world"})
+    outcome = deliver(task)
+    assert (outcome.action, outcome.status) == ("ran", S.SUCCEEDED)
+    task.refresh_from_db()
+    assert task.status == S.SUCCEEDED
+    assert task.result == {"hello": "world"}
+    assert task.attempts == 1
+    assert task.started_at and task.finished_at and task.lease_expires_at is None
+    attempt = TaskAttempt.objects.get(task=task)
+    assert (attempt.number, attempt.outcome, attempt.worker) == (1, "succeeded", "test-worker")
+    assert list(
+        TaskStatusChange.objects.filter(task=task).values_list("from_status", "to_status")
+    ) == [("", "queued"), ("queued", "running"), ("running", "succeeded")]
+
+
+def test_a_duplicate_message_after_success_does_nothing(user):
+    task = create_task(user)
+    deliver(task)
+    outcome = deliver(task)
+    assert outcome.action == "dropped"
+    task.refresh_from_db()
+    assert task.attempts == 1
+    assert TaskAttempt.objects.filter(task=task).count() == 1
+
+
+def test_a_stale_message_with_another_dispatch_id_does_nothing(user):
+    task = create_task(user)
+    outcome = deliver(task, dispatch_id=str(uuid.uuid4()))
+    assert outcome.action == "dropped"
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (S.QUEUED, 0)
+
+
+def test_a_message_for_a_deleted_task_is_dropped(user):
+    outcome = handle_delivery(
+        task_id=str(uuid.uuid4()), dispatch_id=str(uuid.uuid4()), redelivered=False, worker="w"
+    )
+    assert outcome.action == "dropped"
+
+
+def test_a_message_for_a_cancelled_task_does_nothing(user):
+    task = create_task(user)
+    services.task_cancel(task=task, actor=user)
+    outcome = deliver(task, dispatch_id=str(uuid.uuid4()))
+    assert outcome.action == "dropped"
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (S.CANCELLED, 0)
+
+
+def test_retryable_failures_back_off_then_succeed(user):
+    task = create_task(user, "test_flaky", {"fail_times": 2}, max_retries=3)
+    assert deliver(task).status == S.RETRYING
+    task.refresh_from_db()
+    assert task.retries == 1
+    assert task.dispatch_id is None  # the old message can no longer run it
+    assert task.error == "RetryableError: planned failure 1 of 2"
+    release_when_due(task)
+    assert deliver(task).status == S.RETRYING
+    release_when_due(task)
+    assert deliver(task).status == S.SUCCEEDED
+    task.refresh_from_db()
+    assert task.result == {"succeeded_on_attempt": 3}
+    assert task.attempts == 3
+    assert list(TaskAttempt.objects.filter(task=task).values_list("outcome", flat=True)) == [
+        "failed",
+        "failed",
+        "succeeded",
+    ]
+
+
+def test_running_out_of_retries_fails_and_asks_for_dead_lettering(user):
+    task = create_task(user, "test_flaky", {"fail_times": 5}, max_retries=1)
+    assert deliver(task).status == S.RETRYING
+    release_when_due(task)
+    outcome = deliver(task)
+    assert outcome.status == S.FAILED
+    assert outcome.dead_letter
+    task.refresh_from_db()
+    assert task.finished_at is not None
+    assert "planned failure 2" in task.error
+
+
+def test_max_retries_zero_fails_on_the_first_error(user):
+    task = create_task(user, "test_flaky", {"fail_times": 1}, max_retries=0)
+    assert deliver(task).status == S.FAILED
+
+
+def test_a_permanent_error_fails_at_once_with_the_handlers_message(user):
+    task = create_task(user, "test_permanent", {}, max_retries=5)
+    outcome = deliver(task)
+    assert outcome.status == S.FAILED and outcome.dead_letter
+    task.refresh_from_db()
+    assert task.error == "this input can never work"
+    assert task.attempts == 1
+
+
+def test_a_result_that_is_not_json_fails_clearly(user):
+    task = create_task(user, "test_bad_result", {})
+    assert deliver(task).status == S.FAILED
+    task.refresh_from_db()
+    assert "not JSON" in task.error
+
+
+def test_an_unknown_type_in_the_database_fails_clearly(user):
+    task = create_task(user)
+    Task.objects.filter(id=task.id).update(type="removed_type")
+    assert deliver(task).status == S.FAILED
+    task.refresh_from_db()
+    assert "removed_type" in task.error
+
+
+def test_a_redelivered_message_of_a_running_task_means_the_worker_was_lost(user):
+    task = create_task(user, max_retries=2)
+    # The first delivery claimed it, and its worker died before finishing.
+    services_claim = handle_delivery  # noqa: F841  (documentation: the claim is what deliver does)
+    Task.objects.filter(id=task.id).update(status=S.RUNNING, attempts=1)
+    TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
+    outcome = deliver(task, redelivered=True)
+    assert (outcome.action, outcome.status) == ("lost", S.RETRYING)
+    attempt = TaskAttempt.objects.get(task=task, number=1)
+    assert attempt.outcome == AttemptOutcome.LOST
+    assert "worker lost" in attempt.error
+
+
+def test_a_duplicate_not_redelivered_message_of_a_running_task_is_dropped(user):
+    task = create_task(user)
+    Task.objects.filter(id=task.id).update(status=S.RUNNING, attempts=1)
+    outcome = deliver(task, redelivered=False)
+    assert outcome.action == "dropped"
+    task.refresh_from_db()
+    assert task.status == S.RUNNING
+
+
+def test_a_message_that_kills_its_worker_every_time_ends_dead_lettered(user):
+    """Each redelivery after a crash uses up one attempt; the last one dead-letters."""
+    task = create_task(user, "test_crash", {}, max_retries=2)
+    for expected in (S.RETRYING, S.RETRYING, S.FAILED):
+        task.refresh_from_db()
+        # A delivery claims the task, then the process dies (simulated by not running it).
+        Task.objects.filter(id=task.id).update(status=S.RUNNING, attempts=task.attempts + 1)
+        TaskAttempt.objects.create(task=task, number=task.attempts + 1, started_at=timezone.now())
+        outcome = deliver(task, redelivered=True)
+        assert outcome.status == expected
+        if expected == S.RETRYING:
+            release_when_due(task)
+    assert outcome.dead_letter
+    task.refresh_from_db()
+    assert task.attempts == 3
+
+
+def test_a_late_finish_of_a_settled_attempt_changes_nothing(user):
+    task = create_task(user, max_retries=1)
+    deliver_claim = Task.objects.filter(id=task.id)
+    deliver_claim.update(status=S.RUNNING, attempts=1)
+    TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
+    assert attempt_lost(task_id=task.id, attempt=1, reason="reaped").status == S.RETRYING
+    # The attempt's worker wakes up and tries to record its end: refused, attempt 1 is settled.
+    assert attempt_lost(task_id=task.id, attempt=1, reason="again") is None
+    task.refresh_from_db()
+    assert (task.status, task.retries) == (S.RETRYING, 1)
+
+
+def test_expired_leases_are_reaped_into_a_retry(user, broker):
+    task = create_task(user, max_retries=1)
+    Task.objects.filter(id=task.id).update(
+        status=S.RUNNING, attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
+    assert services.reap_expired_leases() == 1
+    task.refresh_from_db()
+    assert task.status == S.RETRYING
+    assert "lease expired" in task.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_task_stops_it_cooperatively(user):
+    task = create_task(user, "test_sleep", {"seconds": 30})
+    outcomes = []
+
+    def run() -> None:
+        try:
+            outcomes.append(deliver(task))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    wait_for(lambda: Task.objects.get(id=task.id).status == S.RUNNING, what="the task to run")
+    cancelled = services.task_cancel(task=task, actor=user)
+    assert cancelled.status == S.RUNNING and cancelled.cancel_requested_at is not None
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert outcomes[0].status == S.CANCELLED
+    task.refresh_from_db()
+    assert task.status == S.CANCELLED
+    assert TaskAttempt.objects.get(task=task).outcome == AttemptOutcome.CANCELLED
+
+
+def test_long_computation_reports_progress(user, django_assert_max_num_queries):
+    task = create_task(user, "long_computation", {"duration": 0.3})
+    assert deliver(task).status == S.SUCCEEDED
+    task.refresh_from_db()
+    assert task.progress == 100
+    assert task.result == {"message": "Long computation completed successfully", "duration": 0.3}
+
+
+@pytest.mark.parametrize("retry_number", [1, 2, 3, 10, 30])
+def test_backoff_is_full_jitter_under_an_exponential_cap(retry_number):
+    ceiling = min(100.0, 2.0 * 2 ** (retry_number - 1))
+    delays = [retry_delay(retry_number, base=2.0, cap=100.0).total_seconds() for _ in range(200)]
+    assert all(0 <= d <= ceiling for d in delays)
+    assert max(delays) > ceiling / 2  # spread over the whole window, not a fixed wait
