@@ -104,7 +104,8 @@ def transition(
     else:
         # Two releasers never take the same row: each skips what the other has locked.
         select = (
-            f"SELECT id, status FROM {TASK_TABLE} WHERE status = ANY(%s) AND run_at <= statement_timestamp() "
+            f"SELECT id, status FROM {TASK_TABLE} "
+            "WHERE status = ANY(%s) AND run_at <= statement_timestamp() "
             "ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED"
         )
         select_params = [[str(s) for s in allowed_from], due_batch]
@@ -123,7 +124,8 @@ def transition(
         attempt_params = [attempt.worker[:200]]
     elif isinstance(attempt, AttemptFinish):
         attempt_sql = (
-            f", att AS (UPDATE {ATTEMPT_TABLE} a SET outcome = %s, finished_at = statement_timestamp(), error = %s "
+            f", att AS (UPDATE {ATTEMPT_TABLE} a "
+            "SET outcome = %s, finished_at = statement_timestamp(), error = %s "
             "FROM upd WHERE a.task_id = upd.id AND a.number = upd.attempts)"
         )
         attempt_params = [attempt.outcome, attempt.error]
