@@ -5,7 +5,8 @@ from typing import Any
 
 from celery import shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_ready
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from apps.tasks import execution, services
@@ -58,3 +59,11 @@ def release_due() -> dict[str, int]:
 def declare_topology_on_worker_start(sender: Any, **kwargs: Any) -> None:
     with sender.app.connection_for_write() as connection:
         declare_topology(connection)
+
+
+@beat_init.connect
+def ensure_release_schedule_on_beat_start(sender: Any, **kwargs: Any) -> None:
+    # The schedule follows RELEASE_INTERVAL_MS whatever the database held before.
+    from apps.tasks.schedules import ensure_release_schedule
+
+    ensure_release_schedule(interval_ms=settings.TASKFLOW["RELEASE_INTERVAL_MS"])

@@ -25,6 +25,13 @@ class BrokerProbe:
         message = self.channel.basic_get(queue=queue, no_ack=True)
         return message
 
+    def peek(self, queue: str) -> Any:
+        """Read one message and put it back, or None."""
+        message = self.channel.basic_get(queue=queue, no_ack=False)
+        if message is not None:
+            self.channel.basic_reject(message.delivery_tag, requeue=True)
+        return message
+
     def drain(self, queue: str) -> list[Any]:
         out = []
         while (message := self.get(queue)) is not None:

@@ -1,0 +1,125 @@
+"""Execution through real RabbitMQ and real `celery worker` processes (the Procfile's commands)."""
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.tasks import publisher, services
+from apps.tasks.models import AttemptOutcome, Task, TaskAttempt
+from apps.tasks.queues import DEAD_LETTER_QUEUE_NAME
+from apps.tasks.states import TaskStatus
+from tests.support import processes
+from tests.support.wait import wait_for
+from tests.tasks.factories import create_task
+
+S = TaskStatus
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def status_of(task: Task) -> str:
+    return Task.objects.values_list("status", flat=True).get(id=task.id)
+
+
+def wait_status(task: Task, *statuses: str, timeout: float = 30) -> Task:
+    wait_for(
+        lambda: status_of(task) in statuses, timeout=timeout, what=f"{task.type} -> {statuses}"
+    )
+    task.refresh_from_db()
+    return task
+
+
+@pytest.fixture
+def worker(broker: Any) -> Any:
+    with processes.running("worker", WORKER_CONCURRENCY="2") as started:
+        yield started["worker"]
+
+
+def test_a_failed_task_is_dead_lettered_recorded_and_replayed(user, broker, worker):
+    task = create_task(user, "test_flaky", {"fail_times": 1}, max_retries=0)
+    wait_status(task, S.FAILED)
+
+    # The worker rejected the message into the dead-letter exchange: it is in RabbitMQ's DLQ.
+    wait_for(lambda: broker.depth(DEAD_LETTER_QUEUE_NAME) == 1, what="the dead letter")
+    message = broker.peek(DEAD_LETTER_QUEUE_NAME)
+    death = message.headers["x-death"][0]
+    assert death["reason"] == "rejected"
+    assert death["queue"] == "default"
+    assert message.headers["id"] == str(task.dispatch_id)
+    task.refresh_from_db()
+    assert task.dead_lettered_at is None
+
+    # The dead-letter consumer takes it off the queue and records it on the task.
+    with processes.running("deadletters"):
+        wait_for(
+            lambda: Task.objects.filter(id=task.id, dead_lettered_at__isnull=False).exists(),
+            what="the dead letter recorded",
+        )
+        wait_for(lambda: broker.depth(DEAD_LETTER_QUEUE_NAME) == 0, what="the DLQ drained")
+    task.refresh_from_db()
+    assert task.dead_letter_reason == "rejected from queue default"
+    assert broker.depth(DEAD_LETTER_QUEUE_NAME) == 0
+
+    # Replay: runs again with a fresh retry budget, and attempt 2 succeeds.
+    services.task_retry(task=task, actor=user)
+    task = wait_status(task, S.SUCCEEDED)
+    assert task.result == {"succeeded_on_attempt": 2}
+    assert task.dead_lettered_at is None
+    assert task.status_changes.filter(note="replayed from the dead-letter queue").exists()
+
+
+def test_the_same_message_delivered_twice_runs_once(user, broker, worker, tmp_path: Path):
+    marker = tmp_path / "runs.txt"
+    task, _ = services.task_create(
+        owner=user, type="test_sleep", payload={"seconds": 0.5, "marker": str(marker)}
+    )
+    dispatch = publisher.dispatch_for(task)
+    assert publisher.publish_now([dispatch, dispatch]) == 2  # plus the one from create
+    task = wait_status(task, S.SUCCEEDED)
+    wait_for(lambda: broker.depth("default") == 0, what="all copies consumed")
+    assert marker.read_text().count(str(task.id)) == 1
+    assert task.attempts == 1
+
+
+def test_a_poison_message_ends_in_the_dead_letter_queue_and_the_queue_keeps_flowing(
+    user, broker, worker
+):
+    with processes.running("beat"):
+        poison = create_task(user, "test_crash", {}, max_retries=2)
+        healthy = [create_task(user, "echo", {"n": n}) for n in range(20)]
+        poison = wait_status(poison, S.FAILED, timeout=60)
+        for task in healthy:
+            wait_status(task, S.SUCCEEDED)
+    assert poison.attempts == 3
+    outcomes = list(TaskAttempt.objects.filter(task=poison).values_list("outcome", flat=True))
+    assert outcomes == [AttemptOutcome.LOST] * 3
+    wait_for(lambda: broker.depth(DEAD_LETTER_QUEUE_NAME) == 1, what="the poison dead letter")
+
+
+def test_a_killed_worker_loses_nothing(user, broker):
+    with processes.running("beat"):
+        first = processes.start("worker", env=processes.test_environment(WORKER_CONCURRENCY="2"))
+        task = create_task(user, "test_sleep", {"seconds": 2}, max_retries=2)
+        wait_status(task, S.RUNNING)
+        first.kill_group(signal.SIGKILL)  # the whole worker, children included
+        first.stop()
+        second = processes.start("worker", env=processes.test_environment(WORKER_CONCURRENCY="2"))
+        try:
+            task = wait_status(task, S.SUCCEEDED, timeout=60)
+        finally:
+            second.stop()
+    outcomes = list(TaskAttempt.objects.filter(task=task).values_list("outcome", flat=True))
+    assert outcomes == [AttemptOutcome.LOST, AttemptOutcome.SUCCEEDED]
+
+
+def test_sigterm_lets_the_running_task_finish(user, broker):
+    worker = processes.start("worker", env=processes.test_environment(WORKER_CONCURRENCY="2"))
+    task = create_task(user, "test_sleep", {"seconds": 1.5})
+    wait_status(task, S.RUNNING)
+    worker.signal(signal.SIGTERM)
+    worker.popen.wait(timeout=30)
+    worker.stop()
+    task.refresh_from_db()
+    assert task.status == S.SUCCEEDED
+    assert task.attempts == 1
