@@ -167,6 +167,8 @@ TASKFLOW = {
     "HANDLER_MODULES": env.list("TASKFLOW_HANDLER_MODULES", default=[]),
     "MAX_PAYLOAD_BYTES": env.int("MAX_PAYLOAD_BYTES", default=256 * 1024),
     "PUBLIC_BASE_URL": env.str("PUBLIC_BASE_URL", default=""),
+    # RabbitMQ's consumer_timeout (30 min by default): every time limit must stay under it.
+    "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800),
 }
 
 # --- Celery (namespace CELERY_) --------------------------------------------------------------
