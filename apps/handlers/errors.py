@@ -10,7 +10,14 @@ class PermanentError(HandlerError):
 
 
 class RetryableError(HandlerError):
-    """A transient failure: the attempt fails and the task is retried with backoff."""
+    """A transient failure: the attempt fails and the task is retried with backoff.
+
+    `retry_after` (seconds) replaces the backoff for this retry, e.g. from a Retry-After header.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TaskCancelled(HandlerError):

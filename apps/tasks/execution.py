@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.handlers.context import TaskContext
-from apps.handlers.errors import PermanentError, TaskCancelled
+from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
 from apps.handlers.registry import TaskTypeSpec, get_task_type
 from apps.tasks.backoff import retry_delay
 from apps.tasks.models import AttemptOutcome, Task
@@ -192,13 +192,22 @@ def _failed_attempt(
         logger.info("Task %s failed permanently: %s", task.id, message)
         return _finish_failed(task, message)
     outcome = _retry_or_fail(
-        task_id=task.id, attempt=task.attempts, error=message, outcome=AttemptOutcome.FAILED
+        task_id=task.id,
+        attempt=task.attempts,
+        error=message,
+        outcome=AttemptOutcome.FAILED,
+        retry_after=exc.retry_after if isinstance(exc, RetryableError) else None,
     )
     return outcome.status if outcome else ""
 
 
 def _retry_or_fail(
-    *, task_id: uuid.UUID | str, attempt: int, error: str, outcome: AttemptOutcome
+    *,
+    task_id: uuid.UUID | str,
+    attempt: int,
+    error: str,
+    outcome: AttemptOutcome,
+    retry_after: float | None = None,
 ) -> FailureOutcome | None:
     """A retryable failure: wait with backoff if retries remain, otherwise fail for good."""
     row = Task.objects.filter(id=task_id).values("retries", "max_retries").first()
@@ -207,7 +216,12 @@ def _retry_or_fail(
     where = "AND t.attempts = %s"
     if row["retries"] < row["max_retries"]:
         retry_number = row["retries"] + 1
-        run_at = timezone.now() + retry_delay(retry_number)
+        delay = (
+            timedelta(seconds=max(0.0, retry_after))
+            if retry_after is not None
+            else retry_delay(retry_number)
+        )
+        run_at = timezone.now() + delay
         moved = transition_one(
             task_id=task_id,
             to=S.RETRYING,

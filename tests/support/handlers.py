@@ -15,13 +15,17 @@ from apps.handlers.registry import AnyPayload, handler
 
 class FlakyPayload(serializers.Serializer):
     fail_times = serializers.IntegerField(min_value=0)
+    retry_after = serializers.FloatField(required=False, allow_null=True, default=None)
 
 
 @handler("test_flaky", payload=FlakyPayload)
 def flaky(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Fails with a retryable error on its first `fail_times` attempts, then succeeds."""
     if ctx.attempt <= payload["fail_times"]:
-        raise RetryableError(f"planned failure {ctx.attempt} of {payload['fail_times']}")
+        raise RetryableError(
+            f"planned failure {ctx.attempt} of {payload['fail_times']}",
+            retry_after=payload.get("retry_after"),
+        )
     return {"succeeded_on_attempt": ctx.attempt}
 
 

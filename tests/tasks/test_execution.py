@@ -106,6 +106,14 @@ def test_retryable_failures_back_off_then_succeed(user):
     ]
 
 
+def test_a_handler_can_choose_its_retry_wait(user):
+    task = create_task(user, "test_flaky", {"fail_times": 1, "retry_after": 120})
+    before = timezone.now()
+    assert deliver(task).status == S.RETRYING
+    task.refresh_from_db()
+    assert before + timedelta(seconds=119) < task.run_at < before + timedelta(seconds=122)
+
+
 def test_running_out_of_retries_fails_and_asks_for_dead_lettering(user):
     task = create_task(user, "test_flaky", {"fail_times": 5}, max_retries=1)
     assert deliver(task).status == S.RETRYING
