@@ -25,8 +25,9 @@ def assert_each_succeeded_once(task_ids: Iterable[Any]) -> None:
     statuses = Counter(Task.objects.filter(id__in=ids).values_list("status", flat=True))
     assert statuses == {TaskStatus.SUCCEEDED: len(ids)}, statuses
     successes = Counter(
-        TaskStatusChange.objects.filter(task_id__in=ids, to_status=TaskStatus.SUCCEEDED)
-        .values_list("task_id", flat=True)
+        TaskStatusChange.objects.filter(
+            task_id__in=ids, to_status=TaskStatus.SUCCEEDED
+        ).values_list("task_id", flat=True)
     )
     assert len(successes) == len(ids)
     assert set(successes.values()) == {1}, "a task succeeded more than once"

@@ -74,7 +74,9 @@ def test_workers_reconnect_by_themselves_after_the_broker_is_cut_off(
                 what="the first tasks to run",
             )
             rabbit_proxy.cut()
-            wait_for(lambda: "Connection to broker lost" in worker.log(), what="the worker to notice")
+            wait_for(
+                lambda: "Connection to broker lost" in worker.log(), what="the worker to notice"
+            )
             rabbit_proxy.restore()
             all_final(ids, timeout=180)
     finally:

@@ -78,10 +78,12 @@ def test_sigterm_to_beat_and_the_dead_letter_consumer_under_load_loses_nothing(u
         try:
             all_final([t.id for t in good + bad], timeout=120)
             wait_for(
-                lambda: Task.objects.filter(
-                    id__in=[t.id for t in bad], dead_lettered_at__isnull=False
-                ).count()
-                == len(bad),
+                lambda: (
+                    Task.objects.filter(
+                        id__in=[t.id for t in bad], dead_lettered_at__isnull=False
+                    ).count()
+                    == len(bad)
+                ),
                 what="every failed task recorded as dead-lettered",
             )
         finally:
