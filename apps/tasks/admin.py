@@ -1,16 +1,24 @@
 """Staff's view of tasks: filters, search, read-only attempts and history, retry and cancel."""
 
+import uuid
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
 from apps.core.exceptions import ApplicationError
+from apps.handlers.registry import task_types
 from apps.tasks import services
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
+from apps.tasks.queues import TaskQueue
+from apps.tasks.states import TaskStatus
+
+# Columns the list never shows and that may be large (payloads up to MAX_PAYLOAD_BYTES).
+LIST_DEFERRED_FIELDS = ("payload", "result", "error", "idempotency_fingerprint")
 
 
 class DeadLetteredFilter(admin.SimpleListFilter):
@@ -28,6 +36,35 @@ class DeadLetteredFilter(admin.SimpleListFilter):
         return queryset
 
 
+class TypeFilter(admin.SimpleListFilter):
+    """The registered task types (not a SELECT DISTINCT over every task on each page load)."""
+
+    title = "type"
+    parameter_name = "type"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(spec.name, spec.name) for spec in task_types()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
+class QueueFilter(admin.SimpleListFilter):
+    title = "queue"
+    parameter_name = "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(queue.value, queue.value) for queue in TaskQueue]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        return queryset.filter(queue=self.value()) if self.value() else queryset
+
+
+class TaskChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
+        return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED_FIELDS)
+
+
 class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg,unused-ignore]
     extra = 0
     can_delete = False
@@ -37,6 +74,9 @@ class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg,unused-ignor
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -53,6 +93,9 @@ class StatusChangeInline(ReadOnlyInline):
     readonly_fields = fields
     ordering = ["at", "id"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskStatusChange]:
+        return super().get_queryset(request).select_related("actor")  # one query, not one a row
+
 
 def _run_for_each(
     modeladmin: Any,
@@ -60,32 +103,44 @@ def _run_for_each(
     queryset: QuerySet[Task],
     action: Any,
     verb: str,
-) -> None:
-    done, refused = 0, []
+) -> list[Task]:
+    """Apply a service to each selected task; one message for what was done, one for refusals."""
+    done: list[Task] = []
+    refused: list[str] = []
     for task in queryset:
         try:
-            action(task=task, actor=request.user)
-            done += 1
+            done.append(action(task=task, actor=request.user))
         except ApplicationError as exc:
             refused.append(f"{task.id}: {exc.message}")
     if done:
-        modeladmin.message_user(request, f"{verb} {done} task(s).", messages.SUCCESS)
+        modeladmin.message_user(request, f"{verb} {len(done)} task(s).", messages.SUCCESS)
     if refused:
         modeladmin.message_user(
             request,
             f"{len(refused)} refused: " + "; ".join(refused[:10]),
             messages.WARNING,
         )
+    return done
 
 
-@admin.action(description="Retry selected tasks (failed, dead-lettered or cancelled)")
+@admin.action(
+    description="Retry selected tasks (failed, dead-lettered or cancelled)",
+    permissions=["operate"],
+)
 def retry_tasks(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Task]) -> None:
     _run_for_each(modeladmin, request, queryset, services.task_retry, "Retried")
 
 
-@admin.action(description="Cancel selected tasks")
+@admin.action(description="Cancel selected tasks", permissions=["operate"])
 def cancel_tasks(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-    _run_for_each(modeladmin, request, queryset, services.task_cancel, "Cancelled")
+    done = _run_for_each(modeladmin, request, queryset, services.task_cancel, "Cancelled")
+    running = sum(task.status == TaskStatus.RUNNING for task in done)
+    if running:
+        modeladmin.message_user(
+            request,
+            f"{running} of them running: asked to stop; their handler ends them at its next check.",
+            messages.INFO,
+        )
 
 
 @admin.register(Task)
@@ -101,8 +156,10 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
         "finished_at",
         "dead_letter",
     ]
-    list_filter = ["status", "type", DeadLetteredFilter, "queue", "created_at", "owner"]
-    search_fields = ["=id", "owner__email"]
+    list_filter = ["status", TypeFilter, DeadLetteredFilter, QueueFilter, "created_at", "owner"]
+    # A task id (see get_search_results) or part of the owner's email.
+    search_fields = ["owner__email"]
+    search_help_text = "A task id, or part of the owner's email."
     list_select_related = ["owner"]
     date_hierarchy = None
     show_full_result_count = False
@@ -142,8 +199,30 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
         return False  # tasks are created through the API, which validates payloads
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Viewing is allowed; changes go through the actions (which use the services).
-        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+        # The change page is read-only (no form, no Save button): a task's fields belong to the
+        # state machine. Changes go through the actions, which use the services.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting here would bypass the services (a running task would vanish under its worker).
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Who may run the retry and cancel actions: staff with the model's change permission."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return TaskChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
+    ) -> tuple[QuerySet[Task], bool]:
+        try:
+            task_id = uuid.UUID(search_term.strip())
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+        return queryset.filter(id=task_id), False  # the primary key, not a scan of id::text
 
     @admin.display(description="dead-lettered", ordering="dead_lettered_at")
     def dead_letter(self, task: Task) -> str:
