@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "apps.handlers",
     "apps.tasks",
     "apps.monitoring",
+    "apps.files",
+    "apps.notifications",
 ]
 
 MIDDLEWARE = [
@@ -204,6 +206,29 @@ CELERY_TASK_DEFAULT_EXCHANGE = WORK_EXCHANGE_NAME
 CELERY_TASK_DEFAULT_ROUTING_KEY = TaskQueue.DEFAULT.value
 CELERY_TASK_ROUTES = TASK_ROUTES
 CELERY_TASK_CREATE_MISSING_QUEUES = False
+
+# --- Files, mail and the network task types (send_email, process_image, download_files, fetch_url)
+# Users' files go through Django's storage API (STORAGES["default"]): the local file system under
+# MEDIA_ROOT by default; an S3-compatible backend (django-storages) is a settings change.
+MEDIA_ROOT = BASE_DIR / env.str("MEDIA_ROOT", default="var/media")
+FILE_UPLOAD_MAX_BYTES = env.int("FILE_UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
+DOWNLOAD_MAX_FILE_BYTES = env.int("DOWNLOAD_MAX_FILE_BYTES", default=100 * 1024 * 1024)
+DOWNLOAD_MAX_TOTAL_BYTES = env.int("DOWNLOAD_MAX_TOTAL_BYTES", default=500 * 1024 * 1024)
+DOWNLOAD_TIMEOUT_SECONDS = env.float("DOWNLOAD_TIMEOUT_SECONDS", default=300.0)
+# Larger images are refused before they are decoded (decompression bombs).
+IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=50_000_000)
+# Networks that download_files and fetch_url may reach although they are not public (CIDRs,
+# comma-separated). Empty: only public addresses.
+SSRF_ALLOWED_NETWORKS = env.list("SSRF_ALLOWED_NETWORKS", default=[])
+# send_email's SMTP server (seed 002's variable names).
+EMAIL_HOST = env.str("MAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("MAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("MAIL_USERNAME", default="")
+EMAIL_HOST_PASSWORD = env.str("MAIL_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("MAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("MAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.int("MAIL_TIMEOUT_SECONDS", default=30)
+DEFAULT_FROM_EMAIL = env.str("MAIL_FROM", default="TaskFlow <taskflow@localhost>")
 
 # --- Logging ----------------------------------------------------------------------------------
 LOGGING = {

@@ -15,5 +15,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("apps.accounts.urls")),
     path("api/", include("apps.tasks.urls")),
+    path("api/", include("apps.files.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -109,15 +109,19 @@ def require_task_type(name: str) -> TaskTypeSpec:
     return spec
 
 
-def validate_payload(spec: TaskTypeSpec, payload: Any) -> dict[str, Any]:
-    """The payload as the handler will get it, or a 400 that names each bad field."""
+def validate_payload(spec: TaskTypeSpec, payload: Any, *, owner: Any = None) -> dict[str, Any]:
+    """The payload as the handler will get it, or a 400 that names each bad field.
+
+    The serializer gets the task's owner as `context["owner"]`, to check references to the
+    owner's files (another user's file is "no such file").
+    """
     if not isinstance(payload, dict):
         raise ApplicationError(
             "Invalid input: payload: expected a JSON object.",
             code="validation_error",
             fields={"payload": ["Expected a JSON object."]},
         )
-    serializer = spec.payload_serializer(data=payload)
+    serializer = spec.payload_serializer(data=payload, context={"owner": owner})
     if not serializer.is_valid():
         fields = {
             ("payload" if key == "non_field_errors" else f"payload.{key}"): flatten_detail(value)

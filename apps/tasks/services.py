@@ -77,7 +77,7 @@ def task_create(
     """
     spec = require_task_type(type)
     _check_payload_size(payload)
-    clean_payload = validate_payload(spec, payload)
+    clean_payload = validate_payload(spec, payload, owner=owner)
     if max_retries is None:
         max_retries = (
             spec.max_retries
@@ -150,7 +150,9 @@ def task_update(
     changes: dict[str, Any] = {}
     if payload is not _UNSET:
         _check_payload_size(payload)
-        changes["payload"] = validate_payload(require_task_type(task.type), payload)
+        changes["payload"] = validate_payload(
+            require_task_type(task.type), payload, owner=task.owner
+        )
     if max_retries is not _UNSET:
         _check_max_retries(max_retries)
         changes["max_retries"] = max_retries
