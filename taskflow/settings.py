@@ -158,16 +158,19 @@ SPECTACULAR_SETTINGS = {
 TASKFLOW = {
     "RELEASE_INTERVAL_MS": env.int("RELEASE_INTERVAL_MS", default=1000),
     "RELEASE_BATCH_SIZE": env.int("RELEASE_BATCH_SIZE", default=500),
-    # Exponential backoff with full jitter: wait = uniform(0, min(cap, base * 2**retry)).
+    # Full-jitter exponential backoff: wait before retry n = uniform(0, min(cap, base * 2**(n-1))).
     "RETRY_BACKOFF_BASE_SECONDS": env.float("RETRY_BACKOFF_BASE_SECONDS", default=2.0),
     "RETRY_BACKOFF_CAP_SECONDS": env.float("RETRY_BACKOFF_CAP_SECONDS", default=600.0),
     "DEFAULT_MAX_RETRIES": 3,
     "MAX_RETRIES_LIMIT": 10,
     # A queued task whose message was never confirmed by the broker is published again after this.
     "REPUBLISH_AFTER_SECONDS": env.float("REPUBLISH_AFTER_SECONDS", default=10.0),
+    # A queued task published this long ago, whose queue holds no ready message, lost its message.
+    "LOST_MESSAGE_AFTER_SECONDS": env.float("LOST_MESSAGE_AFTER_SECONDS", default=60.0),
     # Extra handler modules to import at start-up (besides the built-ins and entry points).
     "HANDLER_MODULES": env.list("TASKFLOW_HANDLER_MODULES", default=[]),
     "MAX_PAYLOAD_BYTES": env.int("MAX_PAYLOAD_BYTES", default=256 * 1024),
+    "BULK_MAX_TASKS": env.int("BULK_MAX_TASKS", default=1000),
     "PUBLIC_BASE_URL": env.str("PUBLIC_BASE_URL", default=""),
     # RabbitMQ's consumer_timeout (30 min by default): every time limit must stay under it.
     "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800),

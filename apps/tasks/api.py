@@ -159,6 +159,52 @@ class TaskListCreateApi(APIView):
         return response
 
 
+class TaskBulkCreateApi(APIView):
+    """Create up to BULK_MAX_TASKS tasks in one request: all valid, or none created."""
+
+    class ItemSerializer(StrictInputSerializer):
+        type = serializers.CharField(max_length=100)
+        payload = serializers.JSONField(required=False, default=dict)
+        max_retries = serializers.IntegerField(required=False, allow_null=True)
+        run_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    class InputSerializer(StrictInputSerializer):
+        tasks = serializers.ListField(child=serializers.DictField(), allow_empty=False)
+
+    class OutputSerializer(serializers.Serializer):
+        created = serializers.IntegerField()
+        ids = serializers.ListField(child=serializers.UUIDField())
+
+    @extend_schema(
+        operation_id="tasks_bulk_create",
+        request=InputSerializer,
+        responses={201: OutputSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        items, errors = [], {}
+        for index, raw in enumerate(data.validated_data["tasks"]):
+            item = self.ItemSerializer(data=raw)
+            if item.is_valid():
+                items.append(dict(item.validated_data))
+            else:
+                for field, messages in item.errors.items():
+                    errors[f"tasks[{index}].{field}"] = [str(m) for m in messages]
+        if errors:
+            first = next(iter(errors))
+            raise ApplicationError(
+                f"Invalid input: {first}: {errors[first][0]} (nothing was created)",
+                code="validation_error",
+                fields=errors,
+            )
+        tasks = services.task_create_bulk(owner=request.user, items=items)  # type: ignore[arg-type]
+        return Response(
+            {"created": len(tasks), "ids": [str(t.id) for t in tasks]},
+            status=status.HTTP_201_CREATED,
+        )
+
+
 class TaskDetailApi(APIView):
     class UpdateInputSerializer(StrictInputSerializer):
         payload = serializers.JSONField(required=False)

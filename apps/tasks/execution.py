@@ -210,11 +210,31 @@ def _retry_or_fail(
     retry_after: float | None = None,
 ) -> FailureOutcome | None:
     """A retryable failure: wait with backoff if retries remain, otherwise fail for good."""
-    row = Task.objects.filter(id=task_id).values("retries", "max_retries").first()
+    row = (
+        Task.objects.filter(id=task_id)
+        .values("retries", "max_retries", "cancel_requested_at")
+        .first()
+    )
     if row is None:
         return None
     where = "AND t.attempts = %s"
-    if row["retries"] < row["max_retries"]:
+    if row["cancel_requested_at"] is not None:
+        # Someone asked to cancel while the attempt ran: honour it rather than try again.
+        moved = transition_one(
+            task_id=task_id,
+            to=S.CANCELLED,
+            allowed_from={S.RUNNING},
+            where=where,
+            where_params=(attempt,),
+            changes={
+                "finished_at": Sql("statement_timestamp()"),
+                "lease_expires_at": None,
+                "error": error,
+            },
+            attempt=AttemptFinish(outcome=outcome, error=error),
+            note=f"attempt {attempt} {outcome}: {error}; cancelled on request, not retried",
+        )
+    elif row["retries"] < row["max_retries"]:
         retry_number = row["retries"] + 1
         delay = (
             timedelta(seconds=max(0.0, retry_after))

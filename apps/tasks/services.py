@@ -18,9 +18,10 @@ from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError, Conflict
 from apps.handlers.registry import require_task_type, validate_payload
 from apps.tasks import publisher
-from apps.tasks.models import AttemptOutcome, Task
+from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import FINAL_STATES, NOT_STARTED_STATES, WAITING_STATES, TaskStatus
-from apps.tasks.transitions import AttemptFinish, Sql, transition, transition_one
+from apps.tasks.topology import queue_depths
+from apps.tasks.transitions import Sql, transition, transition_one
 
 logger = logging.getLogger(__name__)
 S = TaskStatus
@@ -61,6 +62,50 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _new_task(
+    *,
+    owner: User,
+    type: str,
+    payload: Any,
+    max_retries: int | None = None,
+    run_at: datetime | None = None,
+) -> Task:
+    """A validated, unsaved task: every rule a create must pass, in one place."""
+    spec = require_task_type(type)
+    _check_payload_size(payload)
+    clean_payload = validate_payload(spec, payload, owner=owner)
+    if max_retries is None:
+        max_retries = (
+            spec.max_retries
+            if spec.max_retries is not None
+            else settings.TASKFLOW["DEFAULT_MAX_RETRIES"]
+        )
+    _check_max_retries(max_retries)
+    _check_run_at(run_at)
+    postponed = run_at is not None
+    return Task(
+        owner=owner,
+        type=spec.name,
+        payload=clean_payload,
+        queue=spec.queue.value,
+        status=S.POSTPONED if postponed else S.QUEUED,
+        max_retries=max_retries,
+        run_at=run_at,
+        dispatch_id=None if postponed else uuid.uuid4(),
+    )
+
+
+def _creation_record(task: Task, owner: User) -> TaskStatusChange:
+    return TaskStatusChange(
+        task=task,
+        from_status="",
+        to_status=task.status,
+        at=task.created_at,
+        actor=owner,
+        note="created",
+    )
+
+
 def task_create(
     *,
     owner: User,
@@ -75,49 +120,25 @@ def task_create(
     With an idempotency key, a repeat of the same request returns the first task; the same key
     with a different request is a 409.
     """
-    spec = require_task_type(type)
-    _check_payload_size(payload)
-    clean_payload = validate_payload(spec, payload, owner=owner)
-    if max_retries is None:
-        max_retries = (
-            spec.max_retries
-            if spec.max_retries is not None
-            else settings.TASKFLOW["DEFAULT_MAX_RETRIES"]
-        )
-    _check_max_retries(max_retries)
-    _check_run_at(run_at)
-
     fingerprint = ""
     if idempotency_key:
+        require_task_type(type)
         fingerprint = _fingerprint(type, payload, max_retries, run_at)
         existing = Task.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
+            # A repeat is answered even once its run_at has passed: it asks for nothing new.
             return _idempotent_replay(existing, fingerprint), False
 
-    postponed = run_at is not None
-    task = Task(
-        owner=owner,
-        type=spec.name,
-        payload=clean_payload,
-        queue=spec.queue.value,
-        status=S.POSTPONED if postponed else S.QUEUED,
-        max_retries=max_retries,
-        run_at=run_at,
-        dispatch_id=None if postponed else uuid.uuid4(),
-        idempotency_key=idempotency_key or None,
-        idempotency_fingerprint=fingerprint,
+    task = _new_task(
+        owner=owner, type=type, payload=payload, max_retries=max_retries, run_at=run_at
     )
+    task.idempotency_key = idempotency_key or None
+    task.idempotency_fingerprint = fingerprint
     try:
         with transaction.atomic():
             task.save(force_insert=True)
-            task.status_changes.create(
-                from_status="",
-                to_status=task.status,
-                at=task.created_at,
-                actor=owner,
-                note="created",
-            )
-            if not postponed:
+            _creation_record(task, owner).save(force_insert=True)
+            if task.status == S.QUEUED:
                 publisher.publish_on_commit([publisher.dispatch_for(task)])
     except IntegrityError:
         if not idempotency_key:
@@ -126,6 +147,43 @@ def task_create(
         existing = Task.objects.get(owner=owner, idempotency_key=idempotency_key)
         return _idempotent_replay(existing, fingerprint), False
     return task, True
+
+
+def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[Task]:
+    """Create many tasks at once: all valid or none created; one transaction; one publish pass.
+
+    Errors name the item: {"tasks[3].payload.duration": [...]}.
+    """
+    limit = settings.TASKFLOW["BULK_MAX_TASKS"]
+    if not 1 <= len(items) <= limit:
+        raise ApplicationError(
+            f"Give 1 to {limit} tasks.",
+            code="validation_error",
+            fields={"tasks": [f"Give 1 to {limit} tasks."]},
+        )
+    tasks: list[Task] = []
+    errors: dict[str, Any] = {}
+    for index, item in enumerate(items):
+        try:
+            tasks.append(_new_task(owner=owner, **item))
+        except ApplicationError as exc:
+            for field, messages in (exc.fields or {"non_field_errors": [exc.message]}).items():
+                errors[f"tasks[{index}].{field}"] = messages
+    if errors:
+        first = next(iter(errors))
+        raise ApplicationError(
+            f"{len(errors)} invalid field(s); nothing was created. First: {first}: "
+            f"{errors[first][0] if isinstance(errors[first], list) else errors[first]}",
+            code="validation_error",
+            fields=errors,
+        )
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        TaskStatusChange.objects.bulk_create([_creation_record(t, owner) for t in tasks])
+        publisher.publish_on_commit(
+            [publisher.dispatch_for(t) for t in tasks if t.status == S.QUEUED]
+        )
+    return tasks
 
 
 def _idempotent_replay(existing: Task, fingerprint: str) -> Task:
@@ -200,9 +258,11 @@ def _reschedule(
         if moved:
             publisher.publish_on_commit([publisher.dispatch_for(moved.task)])
             return moved.task
-        updated = Task.objects.filter(id=task.id, status__in=[S.QUEUED, S.RETRYING]).update(
-            updated_at=timezone.now(), **changes
-        )
+        # A retrying task is released at the next tick; a queued one is already on its way.
+        now = timezone.now()
+        updated = Task.objects.filter(id=task.id, status=S.RETRYING).update(
+            run_at=now, updated_at=now, **changes
+        ) or Task.objects.filter(id=task.id, status=S.QUEUED).update(updated_at=now, **changes)
         return Task.objects.get(id=task.id) if updated else None
     if task.status == S.RETRYING:
         updated = Task.objects.filter(id=task.id, status=S.RETRYING).update(
@@ -278,6 +338,7 @@ def task_retry(*, task: Task, actor: User | None) -> Task:
             "cancel_requested_at": None,
             "dead_lettered_at": None,
             "dead_letter_reason": "",
+            "error": "",
             "progress": 0,
             "progress_message": "",
         },
@@ -348,6 +409,40 @@ def republish_unconfirmed(*, older_than_seconds: float | None = None, limit: int
     return publisher.publish_now([publisher.dispatch_for(task) for task in stale])
 
 
+def republish_lost(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
+    """Publish again queued tasks whose confirmed message is gone (a purged or deleted queue).
+
+    Only for queues with no ready message: there, a task queued long ago and still not claimed
+    has no message left. A copy that was in fact still held by a busy worker is harmless: the
+    second delivery of a dispatch finds the task running or finished and does nothing.
+    """
+    from taskflow.celery import app
+
+    if older_than_seconds is None:
+        older_than_seconds = settings.TASKFLOW["LOST_MESSAGE_AFTER_SECONDS"]
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    waiting_queues = set(
+        Task.objects.filter(status=S.QUEUED, published_at__lt=cutoff)
+        .values_list("queue", flat=True)
+        .distinct()
+    )
+    if not waiting_queues:
+        return 0
+    with app.connection_for_write() as connection:
+        depths = queue_depths(connection, sorted(waiting_queues))
+    empty = [queue for queue, depth in depths.items() if depth == 0]
+    lost = list(
+        Task.objects.filter(status=S.QUEUED, published_at__lt=cutoff, queue__in=empty)
+        .order_by("published_at")
+        .only("id", "dispatch_id", "queue", "type")[:limit]
+    )
+    if lost:
+        logger.warning(
+            "Publishing again %d queued task(s) whose message is gone from %s", len(lost), empty
+        )
+    return publisher.publish_now([publisher.dispatch_for(task) for task in lost])
+
+
 def reap_expired_leases(*, limit: int = 100) -> int:
     """Running attempts past their lease are lost: their worker died without the broker noticing."""
     from apps.tasks.execution import attempt_lost
@@ -363,9 +458,19 @@ def reap_expired_leases(*, limit: int = 100) -> int:
             reason="lease expired: the worker stopped reporting",
         )
         if outcome is not None and outcome.status == S.FAILED:
-            publisher.publish_dead_letter(
-                task_id=task_id, dispatch_id=outcome.dispatch_id, reason="lease_expired"
-            )
+            try:
+                publisher.publish_dead_letter(
+                    task_id=task_id, dispatch_id=outcome.dispatch_id, reason="lease_expired"
+                )
+            except Exception as exc:
+                # No broker: record it here rather than leave the task failed but unmarked.
+                logger.warning("Could not dead-letter task %s through RabbitMQ: %s", task_id, exc)
+                task_record_dead_letter(
+                    task_id=task_id,
+                    dispatch_id=None,
+                    reason="lease expired (recorded without the broker)",
+                    at=timezone.now(),
+                )
         reaped += outcome is not None
     return reaped
 
@@ -378,18 +483,3 @@ def task_record_dead_letter(
     if dispatch_id:
         query = query.filter(dispatch_id=dispatch_id)
     return bool(query.update(dead_lettered_at=at, dead_letter_reason=reason[:200]))
-
-
-__all__ = [
-    "AttemptFinish",
-    "AttemptOutcome",
-    "reap_expired_leases",
-    "release_due_tasks",
-    "republish_unconfirmed",
-    "task_cancel",
-    "task_create",
-    "task_delete",
-    "task_record_dead_letter",
-    "task_retry",
-    "task_update",
-]

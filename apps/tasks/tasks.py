@@ -51,6 +51,7 @@ def release_due() -> dict[str, int]:
     return {
         "released": services.release_due_tasks(),
         "republished": services.republish_unconfirmed(),
+        "recovered": services.republish_lost(),
         "reaped": services.reap_expired_leases(),
     }
 

@@ -5,6 +5,8 @@ rejected while it does not exist (or has no queue bound) is silently dropped. Wo
 dead-letter consumer and `manage.py setup_broker` all declare the whole topology at start.
 """
 
+import contextlib
+
 from kombu import Connection
 
 from apps.tasks.queues import all_queues, dead_letter_exchange, dead_letter_queue, work_exchange
@@ -17,3 +19,20 @@ def declare_topology(connection: Connection) -> None:
     dead_letter_queue()(channel).declare()
     for queue in all_queues():
         queue(channel).declare()
+
+
+def queue_depths(connection: Connection, names: list[str]) -> dict[str, int | None]:
+    """Ready messages in each queue (None where the queue does not exist or cannot be read)."""
+    depths: dict[str, int | None] = {}
+    for name in names:
+        channel = connection.channel()
+        try:
+            _, messages, _ = channel.queue_declare(queue=name, passive=True)
+            depths[name] = int(messages)
+        except Exception:
+            depths[name] = None
+        finally:
+            # A failed passive declare has already closed the channel.
+            with contextlib.suppress(Exception):
+                channel.close()
+    return depths

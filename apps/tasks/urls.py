@@ -9,6 +9,7 @@ UUID = (
 # Paths work with and without a trailing slash (the seeds' clients send none).
 urlpatterns = [
     re_path(r"^tasks/?$", api.TaskListCreateApi.as_view(), name="task-list"),
+    re_path(r"^tasks/bulk/?$", api.TaskBulkCreateApi.as_view(), name="task-bulk-create"),
     re_path(rf"^tasks/{UUID}/?$", api.TaskDetailApi.as_view(), name="task-detail"),
     re_path(rf"^tasks/{UUID}/result/?$", api.TaskResultApi.as_view(), name="task-result"),
     re_path(rf"^tasks/{UUID}/cancel/?$", api.TaskCancelApi.as_view(), name="task-cancel"),

@@ -256,3 +256,16 @@ def test_backoff_is_full_jitter_under_an_exponential_cap(retry_number):
     delays = [retry_delay(retry_number, base=2.0, cap=100.0).total_seconds() for _ in range(200)]
     assert all(0 <= d <= ceiling for d in delays)
     assert max(delays) > ceiling / 2  # spread over the whole window, not a fixed wait
+
+
+def test_a_cancel_request_wins_over_a_retry(user):
+    task = create_task(user, "test_flaky", {"fail_times": 3}, max_retries=3)
+    Task.objects.filter(id=task.id).update(status=S.RUNNING, attempts=1)
+    TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
+    services.task_cancel(task=task, actor=user)  # running: only asks
+    result = attempt_lost(task_id=task.id, attempt=1, reason="worker lost")
+    assert result is not None
+    assert result.status == S.CANCELLED
+    task.refresh_from_db()
+    assert task.status == S.CANCELLED
+    assert task.retries == 0

@@ -77,3 +77,27 @@ def test_broker_down_at_create_then_back_the_task_is_published_again(user, broke
     assert message is not None
     assert message.headers["id"] == str(task.dispatch_id)
     assert services.republish_unconfirmed(older_than_seconds=0) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_confirmed_message_that_vanished_is_published_again(user, broker):
+    task = create_task(user)
+    task.refresh_from_db()
+    assert task.published_at is not None
+    assert broker.depth(TaskQueue.DEFAULT) == 1
+    broker.channel.queue_purge(TaskQueue.DEFAULT.value)  # someone purged the queue
+
+    assert services.republish_lost(older_than_seconds=0) == 1
+    message = broker.get(TaskQueue.DEFAULT)
+    assert message.headers["id"] == str(task.dispatch_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_behind_a_backlog_are_not_published_again(user, broker):
+    first = create_task(user)
+    create_task(user)
+    assert broker.depth(TaskQueue.DEFAULT) == 2
+    broker.get(TaskQueue.DEFAULT)  # one message gone, the other still waits in the queue
+    assert services.republish_lost(older_than_seconds=0) == 0
+    first.refresh_from_db()
+    assert first.status == S.QUEUED

@@ -1,0 +1,64 @@
+"""POST /api/tasks/bulk: all-or-nothing validation, one transaction, published after commit."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.tasks.models import Task, TaskStatusChange
+from apps.tasks.queues import TaskQueue
+from tests.support.wait import wait_for
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_create_makes_every_task_and_publishes_the_queued_ones(api, user, broker):
+    later = (timezone.now() + timedelta(hours=1)).isoformat()
+    items = [{"type": "echo", "payload": {"n": n}} for n in range(300)]
+    items.append({"type": "echo", "payload": {}, "run_at": later})
+    response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["created"] == 301
+    assert Task.objects.filter(owner=user).count() == 301
+    assert Task.objects.filter(owner=user, status="postponed").count() == 1
+    assert TaskStatusChange.objects.filter(task__owner=user, note="created").count() == 301
+    wait_for(lambda: broker.depth(TaskQueue.DEFAULT) == 300, what="300 messages")
+    assert Task.objects.filter(owner=user, published_at__isnull=False).count() == 300
+
+
+def test_one_bad_item_creates_nothing_and_names_the_item(api, user):
+    items = [{"type": "echo", "payload": {}} for _ in range(5)]
+    items[2] = {"type": "long_computation", "payload": {"duration": -1}}
+    items[4] = {"type": "nope", "payload": {}}
+    response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]
+    assert "tasks[2].payload.duration" in fields
+    assert "tasks[4].type" in fields
+    assert not Task.objects.exists()
+
+
+def test_malformed_items_are_400_per_item(api, user):
+    response = api.post(
+        "/api/tasks/bulk",
+        {"tasks": [{"type": "echo", "max_retries": "many"}, {"payload": {}}]},
+        format="json",
+    )
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]
+    assert set(fields) == {"tasks[0].max_retries", "tasks[1].type"}
+
+
+@pytest.mark.parametrize("tasks", [[], "nope", None])
+def test_an_empty_or_wrong_list_is_400(api, tasks):
+    response = api.post("/api/tasks/bulk", {"tasks": tasks}, format="json")
+    assert response.status_code == 400
+    assert "tasks" in response.json()["error"]["fields"]
+
+
+def test_more_than_the_limit_is_400(api, settings):
+    settings.TASKFLOW = {**settings.TASKFLOW, "BULK_MAX_TASKS": 3}
+    items = [{"type": "echo"} for _ in range(4)]
+    response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"tasks": ["Give 1 to 3 tasks."]}
