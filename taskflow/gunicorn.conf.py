@@ -1,6 +1,9 @@
 """gunicorn settings, from the environment (the same in `make run`, compose and production)."""
 
+import glob
 import os
+import tempfile
+from typing import Any
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -12,3 +15,19 @@ graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
 max_requests = 5000
 max_requests_jitter = 500
+
+# Prometheus' multiprocess mode: each worker process writes its HTTP metrics to files in this
+# directory, and /metrics (answered by any of them) adds up all the files. A fresh, empty
+# directory per start, unless PROMETHEUS_MULTIPROC_DIR names one (then it is emptied).
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+    prefix="taskflow-metrics-"
+)
+for _stale in glob.glob(os.path.join(_metrics_dir, "*.db")):
+    os.remove(_stale)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir  # inherited by the workers
+
+
+def child_exit(server: object, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -47,6 +47,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that they see every request: X-Request-ID and the request log line; HTTP metrics.
+    "apps.monitoring.middleware.RequestIdMiddleware",
+    "apps.monitoring.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -233,6 +236,11 @@ EMAIL_USE_SSL = env.bool("MAIL_USE_SSL", default=False)
 EMAIL_TIMEOUT = env.int("MAIL_TIMEOUT_SECONDS", default=30)
 DEFAULT_FROM_EMAIL = env.str("MAIL_FROM", default="TaskFlow <taskflow@localhost>")
 
+# --- Monitoring -------------------------------------------------------------------------------
+# GET /metrics answers `Authorization: Bearer <METRICS_TOKEN>` (Prometheus) or a staff session.
+# Empty: staff sessions only.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # --- Logging ----------------------------------------------------------------------------------
 LOGGING = {
     "version": 1,
@@ -241,8 +249,14 @@ LOGGING = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         "json": {"()": "apps.core.logging.JsonFormatter"},
     },
+    # request_id and user_id (API), task_id, task_type and attempt (workers) on every record.
+    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.utils import timezone
 
+from apps.core.logging import bind_log_context
 from apps.handlers.context import TaskContext
 from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
 from apps.handlers.registry import TaskTypeSpec, get_task_type
@@ -104,6 +105,7 @@ def handle_delivery(
 def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
     """Run the handler of a task this worker has claimed, and record how the attempt ended."""
     attempt = task.attempts
+    bind_log_context(task_id=str(task.id), task_type=task.type, attempt=attempt)
     if spec is None:
         return _finish_failed(task, f"Unknown task type {task.type!r}: no handler registered.")
 

@@ -1,0 +1,178 @@
+"""The rollups kept by the triggers on tasks_task: counts, events, histograms, and the fold."""
+
+import math
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.monitoring import rollups, selectors
+from apps.monitoring.models import HISTOGRAM_BOUNDS, TaskCount, TaskMinuteStat, TaskTotal
+from apps.tasks import execution, services
+from apps.tasks.models import Task
+from apps.tasks.states import TaskStatus
+from tests.tasks.factories import create_task
+
+S = TaskStatus
+pytestmark = pytest.mark.django_db
+
+
+def deliver(task: Task) -> str:
+    """What a worker does with the task's message, in this process."""
+    task.refresh_from_db()
+    outcome = execution.handle_delivery(
+        task_id=str(task.id), dispatch_id=str(task.dispatch_id), redelivered=False, worker="t@h"
+    )
+    return outcome.status or ""
+
+
+def counts() -> dict[str, dict[str, int]]:
+    return selectors.task_counts(owner_id=None)
+
+
+def test_the_sql_histogram_buckets_are_the_python_ones():
+    with connection.cursor() as cursor:
+        for index, bound in enumerate(HISTOGRAM_BOUNDS):
+            value = 1e12 if math.isinf(bound) else bound
+            cursor.execute("SELECT monitoring_histogram(%s)", [value])
+            (vector,) = cursor.fetchone()
+            assert len(vector) == len(HISTOGRAM_BOUNDS)
+            assert vector.index(1) == index, bound
+            assert sum(vector) == 1
+
+
+def test_counts_follow_create_every_move_and_delete(user, other_user):
+    echo = create_task(user, "echo", {"n": 1})
+    create_task(user, "echo", {"n": 2}, run_at=timezone.now() + timedelta(hours=1))
+    create_task(other_user, "test_permanent", {})
+    assert counts() == {"echo": {"queued": 1, "postponed": 1}, "test_permanent": {"queued": 1}}
+
+    assert deliver(echo) == S.SUCCEEDED
+    failing = Task.objects.get(type="test_permanent")
+    assert deliver(failing) == S.FAILED
+    assert counts() == {
+        "echo": {"succeeded": 1, "postponed": 1},
+        "test_permanent": {"failed": 1},
+    }
+    # One owner's view.
+    assert selectors.task_counts(owner_id=other_user.id) == {"test_permanent": {"failed": 1}}
+
+    services.task_retry(task=failing, actor=other_user)
+    services.task_delete(task=echo)
+    assert counts() == {"echo": {"postponed": 1}, "test_permanent": {"queued": 1}}
+
+    # Whatever the path (here the ORM's bulk delete, as the admin and a user's cascade do).
+    Task.objects.all().delete()
+    assert counts() == {}
+    assert TaskCount.objects.count() > 0  # rows stay, at zero
+
+
+def test_events_and_timings_of_the_minute(user):
+    create_task(user, "echo", {"n": 1})
+    flaky = create_task(user, "test_flaky", {"fail_times": 1}, max_retries=1)
+    for task in Task.objects.filter(type="echo"):
+        deliver(task)
+    assert deliver(flaky) == S.RETRYING
+    services.release_due_tasks()  # the backoff of the test settings is a few milliseconds at most
+    flaky.refresh_from_db()
+    if flaky.status == S.RETRYING:  # not due yet: make it due
+        Task.objects.filter(id=flaky.id).update(run_at=timezone.now() - timedelta(seconds=1))
+        services.release_due_tasks()
+    assert deliver(flaky) == S.SUCCEEDED
+
+    events = selectors.window_events(owner_id=user.id, now=timezone.now())
+    assert events["echo"].events == {
+        "created": 1,
+        "started": 1,
+        "succeeded": 1,
+        "failed": 0,
+        "retried": 0,
+        "cancelled": 0,
+        "dead_lettered": 0,
+        "replayed": 0,
+    }
+    flaky_events = events["test_flaky"]
+    assert flaky_events.events["started"] == 2
+    assert flaky_events.events["retried"] == 1
+    assert flaky_events.events["succeeded"] == 1
+    # Two attempts waited in the queue and two ran (the failed one included).
+    assert flaky_events.wait.count == 2
+    assert flaky_events.run.count == 2
+    assert sum(flaky_events.run.buckets) == 2
+    assert 0 <= flaky_events.run.sum < 60
+    assert flaky_events.run.summary()["p50"] is not None
+
+    # Nothing in another owner's view.
+    assert selectors.window_events(owner_id=user.id + 1000, now=timezone.now()) == {}
+
+
+def test_dead_letters_replays_and_lost_attempts_are_counted(user):
+    task = create_task(user, "test_flaky", {"fail_times": 5}, max_retries=0)
+    task.refresh_from_db()
+    # Claimed, then its worker vanished: the attempt is lost (no run time), and out of retries.
+    claimed = execution.transition_one(
+        task_id=task.id,
+        to=S.RUNNING,
+        allowed_from={S.QUEUED},
+        changes={"attempts": execution.Sql("t.attempts + 1")},
+        attempt=execution.AttemptStart(worker="gone@h"),
+    )
+    assert claimed is not None
+    lost = execution.attempt_lost(task_id=task.id, attempt=1, reason="worker lost")
+    assert lost is not None and lost.status == S.FAILED
+    assert services.task_record_dead_letter(
+        task_id=task.id, dispatch_id=None, reason="rejected", at=timezone.now()
+    )
+    services.task_retry(task=Task.objects.get(id=task.id), actor=user)
+
+    item = selectors.window_events(owner_id=None, now=timezone.now())["test_flaky"]
+    assert item.events["failed"] == 1
+    assert item.events["dead_lettered"] == 1
+    assert item.events["replayed"] == 1
+    assert item.events["started"] == 1
+    assert item.wait.count == 1
+    assert item.run.count == 0  # a lost attempt's time is not a run time
+
+
+def test_fold_moves_old_minutes_into_totals_and_totals_never_drop(user):
+    for n in range(3):
+        deliver(create_task(user, "echo", {"n": n}))
+    before = selectors.total_events()["echo"]
+    assert before.events["succeeded"] == 3
+
+    # Pretend those minutes are old, then fold them.
+    TaskMinuteStat.objects.update(minute=timezone.now() - timedelta(hours=3))
+    assert rollups.fold_minute_stats() >= 1
+    assert not TaskMinuteStat.objects.exists()
+    assert TaskTotal.objects.get(type="echo").succeeded == 3
+
+    deliver(create_task(user, "echo", {"n": 9}))
+    after = selectors.total_events()["echo"]
+    assert after.events["succeeded"] == 4
+    assert after.events["created"] == 4
+    assert after.run.count == 4
+    assert sum(after.run.buckets) == 4
+    # The window only holds the recent minute.
+    assert (
+        selectors.window_events(owner_id=None, now=timezone.now())["echo"].events["succeeded"] == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [0] * len(HISTOGRAM_BOUNDS), None),
+        # All ten in the (0.5, 1] bucket: the median is half-way through it.
+        (0.5, [0] * 9 + [10] + [0] * 12, 0.75),
+        (0.99, [0] * 9 + [10] + [0] * 12, 0.995),
+        # Past the last finite bound, the last finite bound is all we know.
+        (0.99, [0] * 21 + [4], 5000),
+    ],
+)
+def test_quantile(q, buckets, expected):
+    value = selectors.quantile(q, buckets)
+    if expected is None:
+        assert value is None
+    else:
+        assert value == pytest.approx(expected)
