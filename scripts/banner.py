@@ -14,6 +14,7 @@ TaskFlow is starting (Ctrl-C stops every process).
 Admin login: in another terminal run `make superuser` (or
   .venv/bin/python manage.py createsuperuser --email you@example.com).
 Processes: web (gunicorn), worker (default, cpu, maintenance queues), worker-io (io queue,
-  threads), beat (releases postponed tasks and retry waits), deadletters (dead-letter consumer).
+  autoscaled between IO_WORKER_MIN and IO_WORKER_MAX processes), beat (releases postponed tasks
+  and retry waits), deadletters (dead-letter consumer).
 """
 )
