@@ -97,7 +97,8 @@ def inspect_workers() -> list[dict[str, Any]]:
                 "concurrency": pool.get("max-concurrency"),
                 "processes": len(pool.get("processes") or []) or None,
                 "autoscale_max": autoscaler.get("max"),
-                "pool": (pool.get("implementation") or "").rsplit(":", 1)[-1] or None,
+                # "celery.concurrency.prefork:TaskPool" -> "prefork"
+                "pool": (pool.get("implementation") or "").split(":")[0].rsplit(".", 1)[-1] or None,
                 "active": len(active.get(hostname) or []),
                 "pid": info.get("pid"),
             }

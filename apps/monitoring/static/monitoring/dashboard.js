@@ -29,11 +29,15 @@
   }
 
   function replace(id, ...nodes) {
-    document.getElementById(id).replaceChildren(...nodes);
+    document.getElementById(id).replaceChildren(...nodes.flat());
   }
 
   function time(iso) {
     return iso ? new Date(iso).toLocaleTimeString() : "";
+  }
+
+  function hhmm(iso) {
+    return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
   function seconds(value) {
@@ -103,7 +107,9 @@
 
   function drawThroughput(points) {
     const width = 720, height = 170, left = 34, bottom = 18, top = 8;
-    const max = Math.max(1, ...points.map((p) => p.succeeded + p.failed));
+    // A round top for the scale (a multiple of 4, at least 4), so that the ticks are whole numbers.
+    const peak = Math.max(0, ...points.map((p) => p.succeeded + p.failed));
+    const max = Math.max(4, Math.ceil(peak / 4) * 4);
     const step = (width - left) / points.length;
     const y = (value) => top + (height - top - bottom) * (1 - value / max);
     const ns = "http://www.w3.org/2000/svg";
@@ -119,7 +125,7 @@
       svg.append(node);
       return node;
     };
-    for (const tick of [0, max / 2, max]) {
+    for (const tick of [0, max / 4, max / 2, (3 * max) / 4, max]) {
       add("line", { x1: left, x2: width, y1: y(tick), y2: y(tick), stroke: "#e3e7eb" });
       add("text", { x: left - 4, y: y(tick) + 3, "text-anchor": "end" }, Math.round(tick));
     }
@@ -133,7 +139,7 @@
       if (bad) add("rect", { x, width: w, y: y(bad), height: y(0) - y(bad), fill: "#e53935", class: "failed" })
         .append(Object.assign(document.createElementNS(ns, "title"), { textContent: title }));
       if (index % 10 === 0 || index === points.length - 1) {
-        add("text", { x: x + w / 2, y: height - 4, "text-anchor": "middle" }, time(point.minute).slice(0, 5));
+        add("text", { x: x + w / 2, y: height - 4, "text-anchor": "middle" }, hhmm(point.minute));
       }
     });
     const total = points.reduce((sum, p) => sum + p.succeeded + p.failed, 0);
