@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PORT ?= 8000
 
-.PHONY: install run test lint format typecheck migrate services superuser bench bench-quick clean
+.PHONY: install run test lint format typecheck migrate services superuser bench bench-quick clean browser flower
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install services lint
+browser:  ## Debian's Chromium and chromedriver, for the dashboard's browser test
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
+flower: install  ## Flower on :5555, on the same broker (live view of the workers; see README)
+	exec $(BIN)/celery -A taskflow flower --port=$${FLOWER_PORT:-5555}
+
+test: install services browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
