@@ -8,6 +8,7 @@
 Exits 0 when healthy, 1 otherwise, and prints one line saying why.
 """
 
+import functools
 import os
 import sys
 import urllib.request
@@ -105,10 +106,7 @@ def run(argv: list[str]) -> int:
         case ["api"]:
             check = check_api
         case ["worker", name]:
-
-            def check() -> str:
-                return check_worker(name)
-
+            check = functools.partial(check_worker, name)
         case ["beat"]:
             check = check_beat
         case ["deadletters"]:
