@@ -51,6 +51,8 @@ MIDDLEWARE = [
     "apps.monitoring.middleware.RequestIdMiddleware",
     "apps.monitoring.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and the dashboard's static files from gunicorn, without a web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,6 +118,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
+# Found in the apps directly, so no collectstatic step is needed (the image may still run it).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.core.signals import request_finished
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import SimpleLazyObject, empty
 
@@ -43,28 +45,32 @@ class RequestIdMiddleware:
         clear_log_context()  # threads are reused from one request to the next
         bind_log_context(request_id=request_id, user_id=lambda: _user_id(request))
         started = time.perf_counter()
-        try:
-            response = self.get_response(request)
-            response[REQUEST_ID_HEADER] = request_id
-            duration = time.perf_counter() - started
-            match = getattr(request, "resolver_match", None)
-            logger.info(
-                "%s %s %s %.1fms",
-                request.method,
-                request.get_full_path(),
-                response.status_code,
-                duration * 1000,
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "route": match.view_name if match is not None else None,
-                    "status": response.status_code,
-                    "duration_ms": round(duration * 1000, 2),
-                },
-            )
-            return response
-        finally:
-            clear_log_context()
+        response = self.get_response(request)
+        response[REQUEST_ID_HEADER] = request_id
+        duration = time.perf_counter() - started
+        match = getattr(request, "resolver_match", None)
+        logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.get_full_path(),
+            response.status_code,
+            duration * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": match.view_name if match is not None else None,
+                "status": response.status_code,
+                "duration_ms": round(duration * 1000, 2),
+            },
+        )
+        # The context stays until the response is closed (request_finished below), so that the
+        # lines Django logs after the middleware (django.request's 4xx and 5xx) carry it too.
+        return response
+
+
+@receiver(request_finished)
+def clear_request_log_context(**kwargs: Any) -> None:
+    clear_log_context()
 
 
 class MetricsMiddleware:
