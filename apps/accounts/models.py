@@ -23,6 +23,10 @@ class UserManager(BaseUserManager["User"]):
         extra.setdefault("is_superuser", True)
         return self.create_user(email, password, **extra)
 
+    def get_by_natural_key(self, username: str | None) -> "User":
+        # Emails are stored lowercased (create_user), so a login in any case finds its user.
+        return self.get(**{self.model.USERNAME_FIELD: self.normalize_email(username).lower()})
+
 
 class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(unique=True)

@@ -4,8 +4,9 @@ from typing import Any
 
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,10 +17,30 @@ from apps.core.exceptions import ApplicationError
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
 from apps.tasks.models import Task
-from apps.tasks.selectors import TaskFilter
 from apps.tasks.states import TaskStatus
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+TASK_ID_PARAMETER = OpenApiParameter("task_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+# The filters of apps.tasks.selectors.TaskFilter, and the cursor pagination's parameters.
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "status",
+        str,
+        enum=TaskStatus.values,
+        many=True,
+        explode=True,
+        description="Only tasks in these states (repeat the parameter for several).",
+    ),
+    OpenApiParameter("type", str, description="Only tasks of this type."),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="created_at >= this."),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="created_at < this."),
+    OpenApiParameter(
+        "dead_lettered", bool, description="Only tasks that were (not) dead-lettered."
+    ),
+    OpenApiParameter("cursor", str, description="The opaque cursor of a next or previous link."),
+    OpenApiParameter("page_size", int, description="Tasks per page, 1..200 (default 50)."),
+]
 
 
 class TaskOutputSerializer(serializers.Serializer):
@@ -90,14 +111,32 @@ class TaskResultOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+class TaskPageOutputSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = TaskListItemSerializer(many=True)
+
+
 class TaskCursorPagination(CursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def decode_cursor(self, request: Request) -> Any:
+        # DRF answers a cursor it cannot decode with a 404; it is a bad parameter, so a 400.
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound as exc:
+            raise ApplicationError(
+                "Invalid cursor: follow the next and previous links as given.",
+                code="invalid_cursor",
+                fields={"cursor": ["Invalid cursor."]},
+            ) from exc
+
 
 class TaskListCreateApi(APIView):
+    @extend_schema_serializer(component_name="TaskCreate")
     class InputSerializer(StrictInputSerializer):
         type = serializers.CharField(max_length=100)
         payload = serializers.JSONField(required=False)
@@ -105,10 +144,17 @@ class TaskListCreateApi(APIView):
         max_retries = serializers.IntegerField(required=False, allow_null=True)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
 
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if "payload" in attrs and "params" in attrs:
+                raise serializers.ValidationError(
+                    {"params": ["Give payload or params (its older name), not both."]}
+                )
+            return attrs
+
     @extend_schema(
         operation_id="tasks_list",
-        parameters=[TaskFilter],
-        responses={200: TaskListItemSerializer(many=True)},
+        parameters=LIST_PARAMETERS,
+        responses={200: TaskPageOutputSerializer},
     )
     def get(self, request: Request) -> Response:
         tasks = selectors.task_list(user=request.user, filters=request.query_params)  # type: ignore[arg-type]
@@ -168,9 +214,11 @@ class TaskBulkCreateApi(APIView):
         max_retries = serializers.IntegerField(required=False, allow_null=True)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
 
+    @extend_schema_serializer(component_name="TaskBulkCreate")
     class InputSerializer(StrictInputSerializer):
         tasks = serializers.ListField(child=serializers.DictField(), allow_empty=False)
 
+    @extend_schema_serializer(component_name="TaskBulkCreated")
     class OutputSerializer(serializers.Serializer):
         created = serializers.IntegerField()
         ids = serializers.ListField(child=serializers.UUIDField())
@@ -205,7 +253,9 @@ class TaskBulkCreateApi(APIView):
         )
 
 
+@extend_schema(parameters=[TASK_ID_PARAMETER])
 class TaskDetailApi(APIView):
+    @extend_schema_serializer(component_name="TaskUpdate")
     class UpdateInputSerializer(StrictInputSerializer):
         payload = serializers.JSONField(required=False)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -237,6 +287,7 @@ class TaskDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(parameters=[TASK_ID_PARAMETER])
 class TaskResultApi(APIView):
     @extend_schema(responses={200: TaskResultOutputSerializer})
     def get(self, request: Request, task_id: str) -> Response:
@@ -244,6 +295,7 @@ class TaskResultApi(APIView):
         return Response(TaskResultOutputSerializer(task).data)
 
 
+@extend_schema(parameters=[TASK_ID_PARAMETER])
 class TaskCancelApi(APIView):
     @extend_schema(request=None, responses={200: TaskOutputSerializer})
     def post(self, request: Request, task_id: str) -> Response:
@@ -252,6 +304,7 @@ class TaskCancelApi(APIView):
         return Response(TaskOutputSerializer(task).data)
 
 
+@extend_schema(parameters=[TASK_ID_PARAMETER])
 class TaskRetryApi(APIView):
     @extend_schema(request=None, responses={200: TaskOutputSerializer})
     def post(self, request: Request, task_id: str) -> Response:

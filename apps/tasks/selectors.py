@@ -7,7 +7,7 @@ import django_filters
 from django.db.models import Prefetch, QuerySet
 
 from apps.accounts.models import User
-from apps.core.exceptions import NotFound
+from apps.core.exceptions import ApplicationError, NotFound, validation_summary
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
 from apps.tasks.states import TaskStatus
 
@@ -27,8 +27,15 @@ class TaskFilter(django_filters.FilterSet):
 
 
 def task_list(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Task]:
+    """The user's tasks, filtered. An invalid filter value is a 400, never "no filter at all"."""
     queryset = Task.objects.filter(owner=user).defer("payload", "result")
-    return TaskFilter(filters or {}, queryset=queryset).qs
+    filterset = TaskFilter(filters or {}, queryset=queryset)
+    if not filterset.is_valid():
+        fields = {name: [str(m) for m in messages] for name, messages in filterset.errors.items()}
+        raise ApplicationError(
+            f"Invalid filter: {validation_summary(fields)}", code="validation_error", fields=fields
+        )
+    return filterset.qs
 
 
 def task_get(*, user: User, task_id: uuid.UUID | str) -> Task:
