@@ -120,6 +120,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 # Found in the apps directly, so no collectstatic step is needed (the image may still run it).
 WHITENOISE_USE_FINDERS = True
+# WhiteNoise warns on every request about a STATIC_ROOT that does not exist.
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- REST API -------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def field_schema(field: serializers.Field) -> dict[str, Any]:
     if field.help_text:
         schema["description"] = str(field.help_text)
     if field.default is not serializers.empty:
-        schema["default"] = field.default
+        default = field.default() if callable(field.default) else field.default
+        schema["default"] = default
     return schema
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError, Conflict
-from apps.handlers.registry import require_task_type, validate_payload
+from apps.handlers.registry import TaskTypeSpec, require_task_type, validate_payload
 from apps.tasks import publisher
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import FINAL_STATES, NOT_STARTED_STATES, WAITING_STATES, TaskStatus
@@ -62,6 +62,12 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _default_max_retries(spec: TaskTypeSpec) -> int:
+    if spec.max_retries is not None:
+        return spec.max_retries
+    return int(settings.TASKFLOW["DEFAULT_MAX_RETRIES"])
+
+
 def _new_task(
     *,
     owner: User,
@@ -75,11 +81,7 @@ def _new_task(
     _check_payload_size(payload)
     clean_payload = validate_payload(spec, payload, owner=owner)
     if max_retries is None:
-        max_retries = (
-            spec.max_retries
-            if spec.max_retries is not None
-            else settings.TASKFLOW["DEFAULT_MAX_RETRIES"]
-        )
+        max_retries = _default_max_retries(spec)
     _check_max_retries(max_retries)
     _check_run_at(run_at)
     postponed = run_at is not None
@@ -122,7 +124,9 @@ def task_create(
     """
     fingerprint = ""
     if idempotency_key:
-        require_task_type(type)
+        spec = require_task_type(type)
+        if max_retries is None:  # an explicit default and an omitted one are the same request
+            max_retries = _default_max_retries(spec)
         fingerprint = _fingerprint(type, payload, max_retries, run_at)
         existing = Task.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:

@@ -1005,3 +1005,14 @@ def test_task_types_lists_the_builtins_with_a_payload_schema(api):
 @pytest.mark.django_db
 def test_task_types_without_credentials_is_401(anon):
     assert_error(anon.get("/api/task-types"), 401, "not_authenticated")
+
+
+def test_an_explicit_default_max_retries_replays_like_an_omitted_one(api):
+    headers = {"HTTP_IDEMPOTENCY_KEY": "explicit-default"}
+    first = api.post("/api/tasks", {"type": "echo", "payload": {}}, format="json", **headers)
+    again = api.post(
+        "/api/tasks", {"type": "echo", "payload": {}, "max_retries": 3}, format="json", **headers
+    )
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
