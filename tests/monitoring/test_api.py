@@ -168,3 +168,20 @@ def test_the_staff_task_endpoints_are_for_staff(api, staff_api, user):
     missing = staff_api.get("/api/monitoring/tasks/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "task_not_found"
+
+
+def test_the_admin_task_page_follows_an_unfinished_task_live(staff, user, client):
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_task"))
+    client.force_login(staff)
+    waiting = create_task(user, "echo", {})
+    page = client.get(f"/admin/tasks/task/{waiting.id}/change/")
+    assert page.status_code == 200
+    assert b'id="task-live"' in page.content
+    assert f"/api/monitoring/tasks/{waiting.id}".encode() in page.content
+
+    deliver(waiting)
+    finished = client.get(f"/admin/tasks/task/{waiting.id}/change/")
+    assert finished.status_code == 200
+    assert b'id="task-live"' not in finished.content

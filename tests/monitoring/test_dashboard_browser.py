@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.contrib.auth.models import Permission
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -93,10 +94,15 @@ def api_token(base_url: str, email: str) -> str:
 
 
 def test_staff_watch_a_task_finish_and_retry_a_failure_from_the_dashboard(
-    live_server: Any, browser: WebDriver, workers: dict[str, processes.Process]
+    live_server: Any,
+    browser: WebDriver,
+    workers: dict[str, processes.Process],
+    request: pytest.FixtureRequest,
 ) -> None:
     base = live_server.url
-    User.objects.create_user(email="ops@example.com", password=PASSWORD, is_staff=True)
+    ops = User.objects.create_user(email="ops@example.com", password=PASSWORD, is_staff=True)
+    # The dashboard needs is_staff only; the admin's task pages need the view permission.
+    ops.user_permissions.add(Permission.objects.get(codename="view_task"))
     User.objects.create_user(email="alice@example.com", password=PASSWORD)
 
     # Log in through the admin's form; it sends us on to the dashboard.
@@ -122,11 +128,27 @@ def test_staff_watch_a_task_finish_and_retry_a_failure_from_the_dashboard(
     client = httpx.Client(
         base_url=base, headers={"Authorization": f"Bearer {api_token(base, 'alice@example.com')}"}
     )
+    # A kept-alive connection holds a live-server thread, and its database connection, open.
+    request.addfinalizer(client.close)
     created = client.post(
-        "/api/tasks", json={"type": "long_computation", "payload": {"duration": 4}}
+        "/api/tasks", json={"type": "long_computation", "payload": {"duration": 8}}
     )
     assert created.status_code == 201, created.text
     task_id = created.json()["id"]
+
+    # The admin's page of the task follows its progress live too (in a second tab).
+    dashboard_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{base}/admin/tasks/task/{task_id}/change/")
+    wait_for(lambda: text(browser, "#task-live-status") == "running", what="running in the admin")
+    wait_for(
+        lambda: text(browser, "#task-live-percent") not in ("", "0%"),
+        timeout=20,
+        what="progress in the admin",
+    )
+    browser.close()
+    browser.switch_to.window(dashboard_tab)
+
     browser.find_element(By.ID, "search-id").send_keys(task_id)
     browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
     wait_for(lambda: text(browser, "#search-status") != "", what="the task found")
@@ -139,7 +161,7 @@ def test_staff_watch_a_task_finish_and_retry_a_failure_from_the_dashboard(
         timeout=20,
         what="progress of the running task",
     )
-    assert "s of 4s" in text(browser, f"{running_row} .bar")
+    assert "s of 8s" in text(browser, f"{running_row} .bar")
     wait_for(lambda: text(browser, "#search-status") == "succeeded", timeout=30, what="success")
     # Staff stats are cached for a moment (STAFF_STATS_CACHE_SECONDS): the counts follow.
     wait_for(lambda: text(browser, "#count-succeeded") == "1", what="the succeeded count")
