@@ -2,11 +2,15 @@
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from apps.handlers.errors import TaskCancelled
+from apps.handlers.errors import PermanentError, TaskCancelled
+
+if TYPE_CHECKING:
+    from apps.files.models import UserFile
 
 
 class TaskLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
@@ -53,3 +57,48 @@ class TaskContext:
     def raise_if_cancelled(self) -> None:
         if self.cancelled():
             raise TaskCancelled("Cancelled on request.")
+
+    # --- The owner's files (apps.files): handlers never see a path ------------------------------
+
+    def file(self, file_id: str) -> "UserFile":
+        """The owner's file; a PermanentError if it is gone (deleted since the task was created)."""
+        from apps.core.exceptions import ApplicationError
+        from apps.files.selectors import file_resolve
+
+        try:
+            return file_resolve(owner_id=self.owner_id, ref=file_id)
+        except ApplicationError as exc:
+            raise PermanentError(
+                f"{exc.message} (was it deleted after the task was created?)"
+            ) from exc
+
+    def open_file(self, file_id: str) -> IO[bytes]:
+        """The bytes of the owner's file, to read and close (`with ctx.open_file(id) as f`)."""
+        from apps.files.services import file_open
+
+        return file_open(self.file(file_id))
+
+    def saved_file(self, key: str) -> "UserFile | None":
+        """The output `key` an earlier attempt of this task already saved, if any."""
+        from apps.files.models import UserFile
+
+        task_id = uuid.UUID(self.task_id)
+        return UserFile.objects.filter(source_task_id=task_id, source_key=key).first()
+
+    def save_file(
+        self, name: str, content: IO[bytes] | bytes, content_type: str = "", *, key: str = ""
+    ) -> "UserFile":
+        """Store an output as a new file of the owner, linked to this task.
+
+        With a `key`, saving the same output again (a retried attempt) returns the first copy.
+        """
+        from apps.files.services import file_create
+
+        return file_create(
+            owner_id=self.owner_id,
+            name=name,
+            content=content,
+            content_type=content_type,
+            source_task_id=uuid.UUID(self.task_id),
+            source_key=key,
+        )

@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 BUILTIN_HANDLER_MODULES = [
     "apps.handlers.builtin.echo",
     "apps.handlers.builtin.long_computation",
+    "apps.handlers.builtin.send_email",
+    "apps.handlers.builtin.process_image",
+    "apps.handlers.builtin.download_files",
+    "apps.handlers.builtin.fetch_url",
 ]
 ENTRY_POINT_GROUP = "taskflow.handlers"
 

@@ -12,6 +12,8 @@ import smtplib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from email import encoders
+from email.mime.base import MIMEBase
 from email.utils import parseaddr
 from typing import Any
 
@@ -76,7 +78,7 @@ def email_send(
         headers={"Message-ID": message_id},
     )
     for attachment in attachments():  # read only when the message is really to be sent
-        message.attach(attachment.name, attachment.content, attachment.content_type)
+        message.attach(_mime_part(attachment))
 
     backend = RecordingSmtpBackend(fail_silently=False)
     try:
@@ -95,6 +97,22 @@ def email_send(
         attempt=attempt,
     )
     return _sent_result(marker, already_sent=False)
+
+
+def _mime_part(attachment: Attachment) -> MIMEBase:
+    """Base64, whatever the type: the recipient gets the file's exact bytes (Django would turn a
+    text/* file into text, with its line endings rewritten)."""
+    maintype, _, subtype = attachment.content_type.partition(";")[0].strip().partition("/")
+    if not (maintype and subtype):
+        maintype, subtype = "application", "octet-stream"
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(attachment.content)
+    encoders.encode_base64(part)
+    filename: str | tuple[str, str, str] = attachment.name
+    if not attachment.name.isascii():
+        filename = ("utf-8", "", attachment.name)
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part
 
 
 def _server() -> str:

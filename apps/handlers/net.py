@@ -1,0 +1,271 @@
+"""Outgoing HTTP for handlers (download_files, fetch_url; later webhooks), guarded against SSRF.
+
+A user names a URL; we must not let it reach the cluster's private side (the metadata service at
+169.254.169.254, the database, an admin port on localhost). For every request and every redirect:
+
+1. The URL must be http(s) with a host.
+2. The host is resolved here, and *every* address it resolves to must be public (not private,
+   loopback, link-local, multicast, reserved, unspecified or shared, nor such an address embedded
+   in IPv6: mapped, 6to4, Teredo, NAT64), unless it is in the SSRF_ALLOWED_NETWORKS setting.
+3. The connection goes to the vetted address itself (the Host header and TLS SNI and certificate
+   check keep the name), so a second DNS answer cannot swap in another address (DNS rebinding).
+4. Redirects are followed here, one hop at a time, each hop vetted again (at most MAX_REDIRECTS).
+
+Proxies from the environment are ignored (a proxy would connect on our behalf, unchecked).
+"""
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from apps.handlers.errors import PermanentError, RetryableError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Dropped when a redirect leaves the origin they were meant for.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+USER_AGENT = "TaskFlow/1.0"
+CHUNK_SIZE = 64 * 1024
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class BlockedAddress(PermanentError):
+    """The URL leads to an address the SSRF guard refuses."""
+
+
+class InvalidUrl(PermanentError):
+    """Not an http(s) URL with a host."""
+
+
+class TooManyRedirects(PermanentError):
+    pass
+
+
+class BodyTooLarge(PermanentError):
+    pass
+
+
+class NetworkError(RetryableError):
+    """Connection refused or reset, a timeout, a DNS failure that may pass."""
+
+
+class DeadlineExceeded(NetworkError):
+    pass
+
+
+@lru_cache(maxsize=8)
+def _parse_networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"SSRF_ALLOWED_NETWORKS: {entry!r} is not a network (e.g. 10.1.0.0/16)"
+            ) from exc
+    return tuple(networks)
+
+
+def allowed_networks() -> tuple[IPNetwork, ...]:
+    return _parse_networks(tuple(e for e in settings.SSRF_ALLOWED_NETWORKS if e.strip()))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    embedded = []
+    if ip.ipv4_mapped is not None:
+        embedded.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)
+    if ip in _NAT64:
+        embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return embedded
+
+
+def is_public(ip: IPAddress) -> bool:
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        return False
+    if ip.is_private or ip.is_loopback or ip.is_link_local:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        return all(is_public(inner) for inner in _embedded_ipv4(ip))
+    return True
+
+
+def address_allowed(ip: IPAddress) -> bool:
+    """Public, or inside a network the settings allow."""
+    candidates: list[IPAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        candidates.append(ip.ipv4_mapped)
+    networks = allowed_networks()
+    if any(candidate in network for candidate in candidates for network in networks):
+        return True
+    return is_public(ip)
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno in {socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)}:
+            raise NetworkError(f"Could not resolve {host} (for now): {exc.strerror}") from exc
+        raise InvalidUrl(f"Could not resolve {host}: {exc.strerror}") from exc
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canonname, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    return addresses
+
+
+def parse_url(url: str | httpx.URL) -> httpx.URL:
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise InvalidUrl(f"Not a valid URL: {url!r}: {exc}") from exc
+    if parsed.scheme not in {"http", "https"}:
+        raise InvalidUrl(f"Only http and https URLs are allowed, not {parsed.scheme or 'none'}.")
+    if not parsed.host:
+        raise InvalidUrl(f"The URL {str(parsed)!r} has no host.")
+    return parsed
+
+
+def vet(url: httpx.URL) -> IPAddress:
+    """The address to connect to for `url`, or BlockedAddress."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = resolve(url.host, port)
+    if not addresses:
+        raise InvalidUrl(f"{url.host} resolves to no address.")
+    for ip in addresses:
+        if not address_allowed(ip):
+            shown = url.host if url.host == str(ip) else f"{url.host} ({ip})"
+            raise BlockedAddress(
+                f"Refused to connect to {shown}: not a public address "
+                "(SSRF guard; an operator can allow networks with SSRF_ALLOWED_NETWORKS)."
+            )
+    return addresses[0]
+
+
+@dataclass
+class GuardedResponse:
+    response: httpx.Response
+    url: str  # the final URL, after redirects
+    redirects: list[str] = field(default_factory=list)  # the URLs that redirected, in order
+    started: float = 0.0  # time.monotonic() when the first request was sent
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+def _is_redirect(response: httpx.Response) -> bool:
+    return response.status_code in REDIRECT_STATUSES and "location" in response.headers
+
+
+@contextmanager
+def guarded_request(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float,
+    max_redirects: int = MAX_REDIRECTS,
+) -> Iterator[GuardedResponse]:
+    """Send `method url` through the SSRF guard; yields the final response, body unread.
+
+    `timeout` bounds each connect and each read; the caller bounds the whole body with
+    `read_body(..., deadline=...)`.
+    """
+    current = parse_url(url)
+    request_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    redirects: list[str] = []
+    started = time.monotonic()
+    with httpx.Client(
+        trust_env=False, follow_redirects=False, timeout=httpx.Timeout(timeout)
+    ) as client:
+        for _hop in range(max_redirects + 1):
+            response = _send(client, method, current, request_headers)
+            if not _is_redirect(response):
+                try:
+                    yield GuardedResponse(response, str(current), redirects, started)
+                finally:
+                    response.close()
+                return
+            response.close()
+            try:
+                target = parse_url(current.join(response.headers["location"]))
+            except InvalidUrl as exc:
+                raise InvalidUrl(f"{current} redirected to an unusable URL: {exc}") from exc
+            redirects.append(str(current))
+            if (response.status_code == 303 and method != "HEAD") or (
+                response.status_code in {301, 302} and method == "POST"
+            ):
+                method = "GET"  # what browsers do
+            if _origin(target) != _origin(current):
+                request_headers = {
+                    name: value
+                    for name, value in request_headers.items()
+                    if name.lower() not in CREDENTIAL_HEADERS
+                }
+            current = target
+    raise TooManyRedirects(f"More than {max_redirects} redirects, starting at {url}.")
+
+
+def _send(
+    client: httpx.Client, method: str, url: httpx.URL, headers: dict[str, str]
+) -> httpx.Response:
+    ip = vet(url)
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    host_header = url.netloc.decode("ascii")
+    request = client.build_request(
+        method,
+        url.copy_with(host=str(ip)),
+        headers={**headers, "Host": host_header},
+        extensions=extensions,
+    )
+    try:
+        return client.send(request, stream=True)
+    except httpx.TimeoutException as exc:
+        raise NetworkError(f"{url.host}: timed out ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise NetworkError(f"{url.host}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_body(
+    guarded: GuardedResponse, *, max_bytes: int, deadline: float | None = None
+) -> Iterator[bytes]:
+    """The response body in chunks; BodyTooLarge past `max_bytes`, DeadlineExceeded past
+    `deadline` (a time.monotonic() value), so that a slow trickle cannot hold a worker forever."""
+    response = guarded.response
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(
+            f"{guarded.url}: the response is {int(declared)} bytes, over the limit of {max_bytes}."
+        )
+    received = 0
+    try:
+        for chunk in response.iter_bytes():  # as they arrive (a chunk size would wait to fill it)
+            received += len(chunk)
+            if received > max_bytes:
+                raise BodyTooLarge(
+                    f"{guarded.url}: the response passed the limit of {max_bytes} bytes."
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(f"{guarded.url}: the download took too long.")
+            yield chunk
+    except httpx.TimeoutException as exc:
+        raise NetworkError(f"{guarded.url}: timed out while reading the body") from exc
+    except httpx.TransportError as exc:
+        raise NetworkError(f"{guarded.url}: {type(exc).__name__} while reading: {exc}") from exc
