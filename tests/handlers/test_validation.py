@@ -224,3 +224,23 @@ def test_the_task_types_list_shows_the_new_types_and_their_queues(api):
     schema = types["process_image"]["payload_schema"]
     assert schema["required"] == ["path"]
     assert schema["properties"]["contrast"]["minimum"] == -100
+
+
+def test_changing_a_payload_checks_files_against_the_owner_too(api, ids):
+    created = api.post(
+        "/api/tasks",
+        {
+            "type": "process_image",
+            "payload": {"path": ids[MINE], "blur": 1},
+            "run_at": "2099-01-01T00:00:00Z",
+        },
+        format="json",
+    ).json()
+    response = api.patch(
+        f"/api/tasks/{created['id']}",
+        {"payload": {"path": ids[THEIRS], "blur": 1}},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"]["payload.path"] == ["No such file."]
+    assert Task.objects.get(id=created["id"]).payload["path"] == ids[MINE]
