@@ -6,7 +6,10 @@ moved by `apps.tasks.transitions.transition`, dead-lettered or deleted. Triggers
 in each write path, so that every path is counted (the admin's delete, a user's cascade, a bulk
 update) and the numbers stay exact.
 
-Each row also has a `shard` (the writing connection's pid modulo ROLLUP_SHARDS): concurrent
+Every row exists per owner and once more for everyone (owner_id ALL_OWNERS), so that staff's
+numbers read a few rows whatever the number of owners.
+
+Each row also has a `shard` (0..ROLLUP_SHARDS-1, drawn at random once per statement): concurrent
 workers then update different rows instead of queueing on one hot row per type. Readers sum the
 shards.
 """
@@ -14,7 +17,9 @@ shards.
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-ROLLUP_SHARDS = 8
+ROLLUP_SHARDS = 16
+# Rows with this owner_id count everyone's tasks (migration 0003): what staff and /metrics read.
+ALL_OWNERS = 0
 
 # Upper bounds (seconds) of the queue-wait and run-time histogram buckets; the last is +Inf.
 # The same list is in the SQL function monitoring_histogram (a test checks they agree).

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
-from apps.monitoring.models import TaskMinuteStat, TaskTotal
+from apps.monitoring.models import ALL_OWNERS, TaskMinuteStat, TaskTotal
 
 # Minutes are kept a while past the API's one-hour window.
 RETENTION = timedelta(hours=2)
@@ -27,9 +27,9 @@ _COUNTERS = (
 
 
 def fold_minute_stats(*, before: datetime | None = None) -> int:
-    """Move every TaskMinuteStat row older than `before` into TaskTotal, in one statement (a
-    reader sees the rows either here or there, never in both nor in neither). Returns the number
-    of minute rows folded."""
+    """Move everyone's TaskMinuteStat rows older than `before` into TaskTotal and drop the
+    per-owner ones, in one statement (a reader sees the rows either here or there, never in both
+    nor in neither). Returns the number of minute rows removed."""
     if before is None:
         before = timezone.now() - RETENTION
     minutes, totals = TaskMinuteStat._meta.db_table, TaskTotal._meta.db_table
@@ -41,7 +41,7 @@ def fold_minute_stats(*, before: datetime | None = None) -> int:
             INSERT INTO {totals} AS t (type, {", ".join(_COUNTERS)}, wait_buckets, run_buckets)
             SELECT type, {sums},
                 monitoring_array_sum(wait_buckets), monitoring_array_sum(run_buckets)
-            FROM moved GROUP BY type ORDER BY type
+            FROM moved WHERE owner_id = %s GROUP BY type ORDER BY type
             ON CONFLICT (type) DO UPDATE SET {adds},
                 wait_buckets = monitoring_array_add(t.wait_buckets, EXCLUDED.wait_buckets),
                 run_buckets = monitoring_array_add(t.run_buckets, EXCLUDED.run_buckets)
@@ -49,5 +49,5 @@ def fold_minute_stats(*, before: datetime | None = None) -> int:
         SELECT count(*) FROM moved
     """  # noqa: S608 (table and column names only)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [before])
+        cursor.execute(sql, [before, ALL_OWNERS])
         return int(cursor.fetchone()[0])

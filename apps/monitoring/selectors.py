@@ -14,7 +14,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import QuerySet, Sum
 
-from apps.monitoring.models import HISTOGRAM_BOUNDS, TaskCount, TaskMinuteStat
+from apps.monitoring.models import ALL_OWNERS, HISTOGRAM_BOUNDS, TaskCount, TaskMinuteStat
 from apps.tasks.models import Task
 from apps.tasks.states import TaskStatus
 
@@ -82,9 +82,7 @@ class TypeEvents:
 
 def task_counts(*, owner_id: int | None) -> dict[str, dict[str, int]]:
     """Tasks now, {type: {status: n}}, from the TaskCount rollup."""
-    rows = TaskCount.objects.all()
-    if owner_id is not None:
-        rows = rows.filter(owner_id=owner_id)
+    rows = TaskCount.objects.filter(owner_id=ALL_OWNERS if owner_id is None else owner_id)
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for row in rows.values("type", "status").annotate(total=Sum("n")).order_by("type", "status"):
         if row["total"]:
@@ -93,10 +91,9 @@ def task_counts(*, owner_id: int | None) -> dict[str, dict[str, int]]:
 
 
 def _minute_rows(*, owner_id: int | None, since: datetime) -> QuerySet[TaskMinuteStat]:
-    rows = TaskMinuteStat.objects.filter(minute__gte=since)
-    if owner_id is not None:
-        rows = rows.filter(owner_id=owner_id)
-    return rows
+    return TaskMinuteStat.objects.filter(
+        minute__gte=since, owner_id=ALL_OWNERS if owner_id is None else owner_id
+    )
 
 
 def window_start(now: datetime, minutes: int = WINDOW_MINUTES) -> datetime:
@@ -153,14 +150,10 @@ def _events_by_type(sql: str, params: Sequence[Any]) -> dict[str, TypeEvents]:
 def window_events(*, owner_id: int | None, now: datetime) -> dict[str, TypeEvents]:
     """Per type: what happened in the last hour, with the queue-wait and run-time histograms."""
     table = TaskMinuteStat._meta.db_table
-    owner_sql = "AND owner_id = %s" if owner_id is not None else ""
-    params: list[Any] = [window_start(now)]
-    if owner_id is not None:
-        params.append(owner_id)
     return _events_by_type(
         f"SELECT type, {_EVENT_SUMS}, {_TIMING_SUMS} FROM {table} "  # noqa: S608 (names only)
-        f"WHERE minute >= %s {owner_sql} GROUP BY type ORDER BY type",
-        params,
+        "WHERE minute >= %s AND owner_id = %s GROUP BY type ORDER BY type",
+        [window_start(now), ALL_OWNERS if owner_id is None else owner_id],
     )
 
 
@@ -175,9 +168,9 @@ def total_events() -> dict[str, TypeEvents]:
     return _events_by_type(
         f"SELECT type, {_EVENT_SUMS}, {_TIMING_SUMS} FROM ("  # noqa: S608 (names only)
         f"SELECT {columns} FROM {TaskTotal._meta.db_table} UNION ALL "
-        f"SELECT {columns} FROM {TaskMinuteStat._meta.db_table}"
+        f"SELECT {columns} FROM {TaskMinuteStat._meta.db_table} WHERE owner_id = %s"
         ") AS everything GROUP BY type ORDER BY type",
-        [],
+        [ALL_OWNERS],
     )
 
 
