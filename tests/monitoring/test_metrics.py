@@ -86,7 +86,7 @@ def test_task_counters_histograms_and_gauges(user, broker):
     # Histograms: cumulative buckets ending in +Inf, with _count and _sum.
     assert value(samples, "taskflow_task_run_seconds_count", type="echo") == 3
     assert value(samples, "taskflow_task_run_seconds_bucket", type="echo", le="+Inf") == 3
-    assert value(samples, "taskflow_task_run_seconds_bucket", type="echo", le="0.001") <= 3
+    assert value(samples, "taskflow_task_run_seconds_bucket", type="echo", le="5000.0") == 3
     assert value(samples, "taskflow_task_queue_wait_seconds_count", type="echo") == 3
     assert value(samples, "taskflow_database_up") == 1
 

@@ -2,6 +2,7 @@
 
 import math
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -176,3 +177,32 @@ def test_quantile(q, buckets, expected):
         assert value is None
     else:
         assert value == pytest.approx(expected)
+
+
+def test_everyones_rows_are_the_sum_of_each_owners(user, other_user):
+    from django.db.models import Sum
+
+    from apps.monitoring.models import ALL_OWNERS
+
+    for owner in (user, other_user):
+        deliver(create_task(owner, "echo", {}))
+        deliver(create_task(owner, "test_permanent", {}))
+        create_task(owner, "echo", {"waiting": True})
+    services.task_delete(task=Task.objects.filter(owner=user, status=S.SUCCEEDED).get())
+
+    def by_key(rows: Any, *fields: str) -> dict[tuple[str, ...], int]:
+        return {tuple(r[f] for f in fields): r["total"] for r in rows if r["total"]}
+
+    everyone = TaskCount.objects.filter(owner_id=ALL_OWNERS)
+    owners = TaskCount.objects.exclude(owner_id=ALL_OWNERS)
+    keys = ("type", "status")
+    assert by_key(everyone.values(*keys).annotate(total=Sum("n")), *keys) == by_key(
+        owners.values(*keys).annotate(total=Sum("n")), *keys
+    )
+    minutes_everyone = TaskMinuteStat.objects.filter(owner_id=ALL_OWNERS)
+    minutes_owners = TaskMinuteStat.objects.exclude(owner_id=ALL_OWNERS)
+    for column in ("created", "started", "succeeded", "failed", "run_count", "wait_count"):
+        assert (
+            minutes_everyone.aggregate(total=Sum(column))["total"]
+            == minutes_owners.aggregate(total=Sum(column))["total"]
+        ), column
