@@ -10,6 +10,7 @@ TaskFlow is starting (Ctrl-C stops every process).
   API            {base}/api/
   API docs       {base}/api/docs/      (OpenAPI schema: {base}/api/schema/)
   Admin          {base}/admin/
+  Dashboard      {base}/admin/dashboard/   (staff; metrics: {base}/metrics)
   Health         {base}/health   readiness: {base}/ready
 Admin login: in another terminal run `make superuser` (or
   .venv/bin/python manage.py createsuperuser --email you@example.com).
