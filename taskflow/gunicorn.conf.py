@@ -2,6 +2,7 @@
 
 import glob
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -19,6 +20,7 @@ max_requests_jitter = 500
 # Prometheus' multiprocess mode: each worker process writes its HTTP metrics to files in this
 # directory, and /metrics (answered by any of them) adds up all the files. A fresh, empty
 # directory per start, unless PROMETHEUS_MULTIPROC_DIR names one (then it is emptied).
+_metrics_dir_given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
     prefix="taskflow-metrics-"
 )
@@ -31,3 +33,8 @@ def child_exit(server: object, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: object) -> None:
+    if not _metrics_dir_given:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -206,3 +206,21 @@ def test_everyones_rows_are_the_sum_of_each_owners(user, other_user):
             minutes_everyone.aggregate(total=Sum(column))["total"]
             == minutes_owners.aggregate(total=Sum(column))["total"]
         ), column
+
+
+def test_beat_folds_the_rollups_every_few_minutes(user):
+    from django_celery_beat.models import PeriodicTask
+
+    from apps.monitoring import tasks as monitoring_tasks
+
+    monitoring_tasks.ensure_fold_schedule()
+    monitoring_tasks.ensure_fold_schedule()  # at every beat start: still one schedule
+    [schedule] = PeriodicTask.objects.filter(task=monitoring_tasks.FOLD_TASK_NAME)
+    assert schedule.enabled
+    assert schedule.queue == "maintenance"
+    assert schedule.interval.every == monitoring_tasks.FOLD_EVERY_SECONDS
+
+    deliver(create_task(user, "echo", {}))
+    TaskMinuteStat.objects.update(minute=timezone.now() - timedelta(hours=5))
+    assert monitoring_tasks.fold_rollups() > 0  # what the worker runs for beat
+    assert TaskTotal.objects.get(type="echo").created == 1
