@@ -116,3 +116,16 @@ def test_metrics_add_up_across_processes_and_logs_are_json(broker: Any, tmp_path
         assert {e["task_id"] for e in traced} == set(ids)
         assert {e["task_type"] for e in traced} == {"echo"}
         assert {e["attempt"] for e in traced} == {1}
+
+
+def test_beat_schedules_the_rollup_fold_when_it_starts(broker: Any) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from apps.monitoring.tasks import FOLD_TASK_NAME
+
+    assert not PeriodicTask.objects.filter(task=FOLD_TASK_NAME).exists()
+    with processes.running("beat"):
+        wait_for(
+            lambda: PeriodicTask.objects.filter(task=FOLD_TASK_NAME, enabled=True).exists(),
+            what="the fold schedule",
+        )
