@@ -79,12 +79,15 @@ def workers(broker: Any) -> Iterator[dict[str, processes.Process]]:
 
 
 def text(driver: WebDriver, css: str) -> str:
-    """The text of the first element matching `css`, or "" (the page redraws under us)."""
-    try:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else ""
-    except StaleElementReferenceException:
-        return ""
+    """The text of the first element matching `css`, or "" if there is none. The page redraws
+    its parts at every refresh, so an element found may be gone a moment later: ask again."""
+    for _ in range(10):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css} kept changing under the test")
 
 
 def api_token(base_url: str, email: str) -> str:

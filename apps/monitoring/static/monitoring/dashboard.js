@@ -284,14 +284,17 @@
     search(document.getElementById("search-id").value);
   });
 
+  // One refresh at a time, every refreshMs; none while the tab is hidden (caught up when shown).
   let timer = null;
+  let busy = false;
   async function loop() {
-    await refresh();
-    timer = setTimeout(loop, refreshMs);
+    timer = null;
+    busy = true;
+    try { await refresh(); } finally { busy = false; }
+    if (!document.hidden) timer = setTimeout(loop, refreshMs);
   }
   document.addEventListener("visibilitychange", () => {
-    // No polling in a hidden tab; catch up at once when it shows again.
-    if (document.hidden) { clearTimeout(timer); timer = null; } else if (timer === null) loop();
+    if (document.hidden) { clearTimeout(timer); timer = null; } else if (timer === null && !busy) loop();
   });
   loop();
 })();
