@@ -4,10 +4,12 @@ Every value has a safe local default so that `make run` works on a machine with 
 RabbitMQ and Redis on localhost; production overrides them through the environment.
 """
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from apps.tasks.queues import TASK_ROUTES, WORK_EXCHANGE_NAME, TaskQueue, all_queues
 
@@ -35,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
     "django_filters",
     "drf_spectacular",
     "django_celery_beat",
@@ -99,6 +102,8 @@ CACHES = {
             "SOCKET_CONNECT_TIMEOUT": 1,
             "SOCKET_TIMEOUT": 1,
         },
+        # Keeps apart deployments (or test runs) that share one Redis.
+        "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default=""),
     }
 }
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
@@ -125,6 +130,16 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- REST API -------------------------------------------------------------------------------
+
+
+def _rate(value: str, name: str) -> str:
+    """A request rate like 5/min (per s, min, hour or day), checked at start-up; "" for none."""
+    value = value.strip()
+    if value and not re.fullmatch(r"\d+/(s|sec|m|min|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a rate like 5/min or 1000/hour.")
+    return value
+
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.accounts.authentication.BearerOrBareJWTAuthentication",
@@ -136,11 +151,30 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.core.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        # DRF's, refusing what the database cannot store (NUL, lone surrogates) and deep nesting.
+        "apps.core.parsers.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Rates per scope, counted in Redis (apps.core.throttling); "" turns a limit off.
+    "DEFAULT_THROTTLE_CLASSES": ["apps.core.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": _rate(env.str("USER_RATE", default="1000/min"), "USER_RATE"),
+        "login_account": _rate(
+            env.str("LOGIN_RATE_PER_ACCOUNT", default="5/min"), "LOGIN_RATE_PER_ACCOUNT"
+        ),
+        "login_address": _rate(
+            env.str("LOGIN_RATE_PER_ADDRESS", default="20/min"), "LOGIN_RATE_PER_ADDRESS"
+        ),
+        "register_address": _rate(
+            env.str("REGISTER_RATE_PER_ADDRESS", default="10/hour"), "REGISTER_RATE_PER_ADDRESS"
+        ),
+    },
+    # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for the client's
+    # address. 0: none, the peer's address is the client's (a client's own X-Forwarded-For would
+    # otherwise pick any address it likes, and escape the per-address limits).
+    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
 
 SIMPLE_JWT = {
@@ -154,6 +188,10 @@ SIMPLE_JWT = {
     "USER_ID_FIELD": "id",
     "USER_ID_CLAIM": "user_id",
     "UPDATE_LAST_LOGIN": False,
+    # A refresh answers a new refresh token too, and the one used is blacklisted (as is one sent
+    # to /api/logout): a refresh token works once.
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -181,6 +219,8 @@ TASKFLOW = {
     "HANDLER_MODULES": env.list("TASKFLOW_HANDLER_MODULES", default=[]),
     "MAX_PAYLOAD_BYTES": env.int("MAX_PAYLOAD_BYTES", default=256 * 1024),
     "BULK_MAX_TASKS": env.int("BULK_MAX_TASKS", default=1000),
+    # Tasks one user may have postponed, queued, running or retrying at once (0: no cap).
+    "MAX_ACTIVE_TASKS_PER_USER": env.int("MAX_ACTIVE_TASKS_PER_USER", default=10000),
     "PUBLIC_BASE_URL": env.str("PUBLIC_BASE_URL", default=""),
     # RabbitMQ's consumer_timeout (30 min by default): every time limit must stay under it.
     "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800),

@@ -1,6 +1,8 @@
 """Test fixtures. The suite talks to the real PostgreSQL, RabbitMQ and Redis.
 
-Each run gets its own RabbitMQ virtual host, so queues never mix with `make run` or another run.
+Each run gets its own RabbitMQ virtual host, so queues never mix with `make run` or another run;
+each test its own cache key prefix in Redis, so cached answers and rate-limit counters never carry
+over from one test (or run) to the next.
 """
 
 import subprocess
@@ -16,6 +18,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 import tests.support.handlers  # noqa: F401  (registers the test-only task types)
 from apps.accounts.models import User
+from apps.core.throttling import breaker
 from tests.support.broker import BrokerProbe, use_broker
 
 
@@ -45,6 +48,18 @@ def fast_retries(settings: Any) -> None:
         "RETRY_BACKOFF_BASE_SECONDS": 0.01,
         "RETRY_BACKOFF_CAP_SECONDS": 0.05,
     }
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(settings: Any) -> None:
+    """A new cache namespace per test (the processes a test starts get it too, through
+    tests.support.processes.test_environment): no rate-limit count, no cached answer is left from
+    an earlier test or from another run on the same Redis."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex[:12]}"},
+    }
+    breaker.reset()  # a test that stopped Redis does not leave the rate limits off
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
-"""Register, log in, refresh, and who-am-I."""
+"""Register, log in, refresh, log out, and who-am-I."""
 
 from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed
@@ -11,10 +12,25 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.serializers import (
+    TokenBlacklistSerializer,
+    TokenObtainPairSerializer,
+    TokenRefreshSerializer,
+)
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+from rest_framework_simplejwt.views import (
+    TokenBlacklistView,
+    TokenObtainPairView,
+    TokenRefreshView,
+)
 
 from apps.accounts.services import user_register
+from apps.accounts.throttles import (
+    LoginAccountThrottle,
+    LoginAddressThrottle,
+    RegisterAddressThrottle,
+)
 
 
 class UserOutputSerializer(serializers.Serializer):
@@ -27,6 +43,7 @@ class UserOutputSerializer(serializers.Serializer):
 class RegisterView(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
+    throttle_classes = [RegisterAddressThrottle]
 
     @extend_schema_serializer(component_name="Register")
     class InputSerializer(serializers.Serializer):
@@ -51,15 +68,27 @@ class LoginView(TokenObtainPairView):
 
     serializer_class = EmailTokenObtainPairSerializer
     authentication_classes = ()
+    # Per address first: a guess refused there does not count against the account.
+    throttle_classes = [LoginAddressThrottle, LoginAccountThrottle]
 
 
 # simplejwt's refresh, with a deleted user (or a user id that is no id) a 401 and not a 500:
 # simplejwt looks the token's user up with `.get()` and lets DoesNotExist through.
+# Refresh tokens rotate (ROTATE_REFRESH_TOKENS): the one used is blacklisted, and the answer
+# carries its successor. simplejwt checks the blacklist and then adds to it, so two concurrent
+# refreshes with one token both passed the check and both got a new token (a stolen token kept
+# working next to the owner's); the token's row is locked here for the check-and-blacklist.
 @extend_schema_serializer(component_name="TokenRefresh")
 class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         try:
-            return super().validate(attrs)
+            with transaction.atomic():
+                token = self.token_class(attrs["refresh"])  # signature, expiry, token type
+                jti = token.payload.get(jwt_settings.JTI_CLAIM)
+                # order_by(): the model's ordering joins the user table, which FOR UPDATE refuses.
+                locked = OutstandingToken.objects.select_for_update().filter(jti=jti).order_by()
+                list(locked.values_list("pk", flat=True))
+                return super().validate(attrs)  # the blacklist again, now under the lock
         except (ObjectDoesNotExist, ValueError, TypeError, DjangoValidationError) as exc:
             raise AuthenticationFailed(
                 self.error_messages["no_active_account"], "no_active_account"
@@ -67,8 +96,32 @@ class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
 
 
 class RefreshView(TokenRefreshView):
+    """Trade a refresh JWT for a new access JWT and a new refresh JWT; the old one stops working."""
+
     serializer_class = UserCheckingTokenRefreshSerializer
     authentication_classes = ()
+
+
+@extend_schema_serializer(component_name="Logout")
+class LogoutSerializer(TokenBlacklistSerializer):
+    def validate(self, attrs: dict[str, Any]) -> dict[Any, Any]:
+        try:
+            return super().validate(attrs)
+        except (ValueError, TypeError, DjangoValidationError) as exc:  # a user id that is no id
+            raise AuthenticationFailed("Token is invalid.", "token_not_valid") from exc
+
+
+class LogoutView(TokenBlacklistView):
+    """Blacklist a refresh token: it can no longer be refreshed. Access tokens already issued stay
+    valid until they expire (JWT_ACCESS_LIFETIME_SECONDS)."""
+
+    serializer_class = LogoutSerializer
+    authentication_classes = ()
+
+    @extend_schema(request=LogoutSerializer, responses={205: None})
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        super().post(request, *args, **kwargs)  # raises for a bad or already blacklisted token
+        return Response(status=status.HTTP_205_RESET_CONTENT)
 
 
 class MeView(APIView):

@@ -1,10 +1,11 @@
 from django.urls import path
 
-from apps.accounts.api import LoginView, MeView, RefreshView, RegisterView
+from apps.accounts.api import LoginView, LogoutView, MeView, RefreshView, RegisterView
 
 urlpatterns = [
     path("register", RegisterView.as_view(), name="register"),
     path("login", LoginView.as_view(), name="login"),
     path("token/refresh", RefreshView.as_view(), name="token-refresh"),
+    path("logout", LogoutView.as_view(), name="logout"),
     path("me", MeView.as_view(), name="me"),
 ]

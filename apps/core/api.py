@@ -1,8 +1,11 @@
 """Shared API building blocks."""
 
-from typing import Any
+import json
+from typing import Any, NoReturn
 
 from rest_framework import serializers
+
+from apps.core.parsers import MAX_JSON_DEPTH, json_problem
 
 
 class StrictInputSerializer(serializers.Serializer):
@@ -22,3 +25,38 @@ class StrictInputSerializer(serializers.Serializer):
                 }
             )
         return super().to_internal_value(data)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+class JSONValueField(serializers.JSONField):
+    """Any JSON value the database can store, from a JSON body or a form field alike.
+
+    DRF's JSONField parses a form field with json.loads as it is: NaN and Infinity (which jsonb
+    refuses), NUL and lone surrogates, and nesting deep enough to exhaust the stack all got
+    through to a 500. (A JSON body is checked by apps.core.parsers.JSONParser already.)
+    """
+
+    default_error_messages = {
+        "invalid": "Value must be valid JSON.",
+        "too_deep": f"Nested more than {MAX_JSON_DEPTH} levels deep.",
+    }
+
+    def to_internal_value(self, data: Any) -> Any:
+        if getattr(data, "is_json_string", False):
+            try:
+                data = json.loads(str(data), parse_constant=_refuse_constant)
+            except RecursionError:
+                self.fail("too_deep")
+            except ValueError:
+                self.fail("invalid")
+        problem = json_problem(data)
+        if problem is not None:
+            raise serializers.ValidationError(problem, code="invalid")
+        try:
+            json.dumps(data, allow_nan=False)
+        except (TypeError, ValueError):
+            self.fail("invalid")
+        return data

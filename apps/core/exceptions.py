@@ -136,5 +136,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         else:
             message = str(raw_detail)
         body = error_body(code, message)
+        wait = getattr(exc, "wait", None) if isinstance(exc, exceptions.Throttled) else None
+        if wait is not None:
+            body["error"]["retry_after"] = int(wait)  # also in the Retry-After header
     response.data = body
     return response

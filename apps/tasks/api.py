@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api import StrictInputSerializer
+from apps.core.api import JSONValueField, StrictInputSerializer
 from apps.core.exceptions import ApplicationError
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
@@ -139,8 +139,8 @@ class TaskListCreateApi(APIView):
     @extend_schema_serializer(component_name="TaskCreate")
     class InputSerializer(StrictInputSerializer):
         type = serializers.CharField(max_length=100)
-        payload = serializers.JSONField(required=False)
-        params = serializers.JSONField(required=False, help_text="Seed 001's name for payload.")
+        payload = JSONValueField(required=False)
+        params = JSONValueField(required=False, help_text="Seed 001's name for payload.")
         max_retries = serializers.IntegerField(required=False, allow_null=True)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
 
@@ -181,11 +181,12 @@ class TaskListCreateApi(APIView):
         fields = data.validated_data
         payload = fields.get("payload", fields.get("params", {}))
         key = request.headers.get(IDEMPOTENCY_HEADER) or None
-        if key is not None and not 1 <= len(key) <= 200:
+        # Printable characters only: a NUL reached PostgreSQL (which cannot store it) as a 500.
+        if key is not None and (not 1 <= len(key) <= 200 or not key.isprintable()):
             raise ApplicationError(
-                "The Idempotency-Key header must be 1 to 200 characters.",
+                "The Idempotency-Key header must be 1 to 200 printable characters.",
                 code="validation_error",
-                fields={IDEMPOTENCY_HEADER: ["Must be 1 to 200 characters."]},
+                fields={IDEMPOTENCY_HEADER: ["Must be 1 to 200 printable characters."]},
             )
         task, created = services.task_create(
             owner=request.user,  # type: ignore[arg-type]
@@ -210,7 +211,7 @@ class TaskBulkCreateApi(APIView):
 
     class ItemSerializer(StrictInputSerializer):
         type = serializers.CharField(max_length=100)
-        payload = serializers.JSONField(required=False, default=dict)
+        payload = JSONValueField(required=False, default=dict)
         max_retries = serializers.IntegerField(required=False, allow_null=True)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
 
@@ -257,7 +258,7 @@ class TaskBulkCreateApi(APIView):
 class TaskDetailApi(APIView):
     @extend_schema_serializer(component_name="TaskUpdate")
     class UpdateInputSerializer(StrictInputSerializer):
-        payload = serializers.JSONField(required=False)
+        payload = JSONValueField(required=False)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
         max_retries = serializers.IntegerField(required=False)
 
@@ -313,12 +314,27 @@ class TaskRetryApi(APIView):
         return Response(TaskOutputSerializer(task).data)
 
 
+class RateLimitOutputSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    period = serializers.ChoiceField(choices=["second", "minute"])
+
+
 class TaskTypeOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
+    kind = serializers.ChoiceField(
+        choices=["code", "webhook"], help_text="code: an SDK handler; webhook: set up in the admin."
+    )
     description = serializers.CharField()
     queue = serializers.CharField()
     default_max_retries = serializers.IntegerField(allow_null=True)
+    max_retries_limit = serializers.IntegerField(help_text="The most max_retries may be.")
     time_limit_seconds = serializers.IntegerField(allow_null=True)
+    rate_limit = RateLimitOutputSerializer(
+        allow_null=True, help_text="At most `count` tasks start per period, cluster-wide."
+    )
+    concurrency_limit = serializers.IntegerField(
+        allow_null=True, help_text="At most this many run at once, cluster-wide."
+    )
     payload_schema = serializers.JSONField()
 
 
@@ -331,12 +347,20 @@ class TaskTypeListApi(APIView):
         types: list[dict[str, Any]] = [
             {
                 "name": spec.name,
+                "kind": spec.kind,
                 "description": spec.description,
                 "queue": spec.queue.value,
                 "default_max_retries": spec.max_retries,
+                "max_retries_limit": spec.retries_limit,
                 "time_limit_seconds": spec.time_limit_seconds,
+                "rate_limit": (
+                    {"count": spec.rate_limit.count, "period": spec.rate_limit.period_name}
+                    if spec.rate_limit
+                    else None
+                ),
+                "concurrency_limit": spec.concurrency_limit,
                 "payload_schema": payload_json_schema(spec.payload_serializer),
             }
-            for spec in task_types()
+            for spec in task_types(enabled_only=True)  # what a task can be created with now
         ]
         return Response(TaskTypeOutputSerializer(types, many=True).data)

@@ -16,10 +16,22 @@ from django.utils import timezone
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError, Conflict
-from apps.handlers.registry import TaskTypeSpec, require_task_type, validate_payload
+from apps.core.parsers import json_problem
+from apps.handlers.registry import (
+    TaskTypeSpec,
+    require_enabled_task_type,
+    require_task_type,
+    validate_payload,
+)
 from apps.tasks import publisher
 from apps.tasks.models import Task, TaskStatusChange
-from apps.tasks.states import FINAL_STATES, NOT_STARTED_STATES, WAITING_STATES, TaskStatus
+from apps.tasks.states import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    NOT_STARTED_STATES,
+    WAITING_STATES,
+    TaskStatus,
+)
 from apps.tasks.topology import queue_depths
 from apps.tasks.transitions import Sql, transition, transition_one
 
@@ -28,8 +40,8 @@ S = TaskStatus
 _UNSET: Any = object()
 
 
-def _check_max_retries(value: int) -> None:
-    limit = settings.TASKFLOW["MAX_RETRIES_LIMIT"]
+def _check_max_retries(value: int, spec: TaskTypeSpec) -> None:
+    limit = spec.retries_limit  # the type's own (set in the admin), else MAX_RETRIES_LIMIT
     if not 0 <= value <= limit:
         raise ApplicationError(
             f"max_retries must be between 0 and {limit}.",
@@ -47,6 +59,16 @@ def _check_run_at(run_at: datetime | None) -> None:
         )
 
 
+def _check_payload_storable(payload: Any) -> None:
+    """No NUL, lone surrogate or deep nesting (the API refuses them already; other callers too)."""
+    problem = json_problem(payload, root="payload")
+    if problem is not None:
+        field = problem.split(":", 1)[0]
+        raise ApplicationError(
+            f"Invalid input: {problem}", code="validation_error", fields={field: [problem]}
+        )
+
+
 def _check_payload_size(payload: Any) -> None:
     limit = settings.TASKFLOW["MAX_PAYLOAD_BYTES"]
     if len(json.dumps(payload)) > limit:
@@ -58,14 +80,33 @@ def _check_payload_size(payload: Any) -> None:
         )
 
 
+def _check_active_cap(owner_id: int, adding: int = 1) -> None:
+    """429 if `adding` more active tasks would take the owner past MAX_ACTIVE_TASKS_PER_USER.
+
+    Not a count(*): whether the owner has an active task at position cap - adding, which reads at
+    most `cap` entries of the task_owner_active partial index however many tasks the owner has.
+    Concurrent creates can pass it together and overshoot by a few; it bounds, it does not meter.
+    """
+    cap = settings.TASKFLOW["MAX_ACTIVE_TASKS_PER_USER"]
+    if not cap:
+        return
+    active = Task.objects.filter(owner_id=owner_id, status__in=sorted(ACTIVE_STATES))
+    if adding > cap or active.order_by()[cap - adding : cap - adding + 1].exists():
+        raise ApplicationError(
+            f"You have too many active tasks: at most {cap} may be waiting or running at once. "
+            "Wait for some to finish, or cancel some.",
+            code="too_many_active_tasks",
+            status_code=429,
+            extra={"limit": cap},
+        )
+
+
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _default_max_retries(spec: TaskTypeSpec) -> int:
-    if spec.max_retries is not None:
-        return spec.max_retries
-    return int(settings.TASKFLOW["DEFAULT_MAX_RETRIES"])
+    return spec.default_max_retries  # the type's own, else DEFAULT_MAX_RETRIES
 
 
 def _new_task(
@@ -77,12 +118,13 @@ def _new_task(
     run_at: datetime | None = None,
 ) -> Task:
     """A validated, unsaved task: every rule a create must pass, in one place."""
-    spec = require_task_type(type)
+    spec = require_enabled_task_type(type)  # a type staff disabled takes no new tasks
+    _check_payload_storable(payload)
     _check_payload_size(payload)
     clean_payload = validate_payload(spec, payload, owner=owner)
     if max_retries is None:
         max_retries = _default_max_retries(spec)
-    _check_max_retries(max_retries)
+    _check_max_retries(max_retries, spec)
     _check_run_at(run_at)
     postponed = run_at is not None
     return Task(
@@ -136,6 +178,7 @@ def task_create(
     task = _new_task(
         owner=owner, type=type, payload=payload, max_retries=max_retries, run_at=run_at
     )
+    _check_active_cap(owner.id)
     task.idempotency_key = idempotency_key or None
     task.idempotency_fingerprint = fingerprint
     try:
@@ -167,10 +210,12 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[Task]:
         )
     tasks: list[Task] = []
     errors: dict[str, Any] = {}
+    codes: set[str] = set()
     for index, item in enumerate(items):
         try:
             tasks.append(_new_task(owner=owner, **item))
         except ApplicationError as exc:
+            codes.add(exc.code)
             for field, messages in (exc.fields or {"non_field_errors": [exc.message]}).items():
                 errors[f"tasks[{index}].{field}"] = messages
     if errors:
@@ -178,9 +223,11 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[Task]:
         raise ApplicationError(
             f"{len(errors)} invalid field(s); nothing was created. First: {first}: "
             f"{errors[first][0] if isinstance(errors[first], list) else errors[first]}",
-            code="validation_error",
+            # Only disabled types: say so, as a single create would.
+            code="task_type_disabled" if codes == {"task_type_disabled"} else "validation_error",
             fields=errors,
         )
+    _check_active_cap(owner.id, adding=len(tasks))
     with transaction.atomic():
         Task.objects.bulk_create(tasks)
         TaskStatusChange.objects.bulk_create([_creation_record(t, owner) for t in tasks])
@@ -211,12 +258,13 @@ def task_update(
     """Change a task that has not started yet. A started (or finished) task is a 409."""
     changes: dict[str, Any] = {}
     if payload is not _UNSET:
+        _check_payload_storable(payload)
         _check_payload_size(payload)
         changes["payload"] = validate_payload(
             require_task_type(task.type), payload, owner=task.owner
         )
     if max_retries is not _UNSET:
-        _check_max_retries(max_retries)
+        _check_max_retries(max_retries, require_task_type(task.type))
         changes["max_retries"] = max_retries
 
     not_started = [str(s) for s in NOT_STARTED_STATES]
@@ -328,6 +376,8 @@ def task_cancel(*, task: Task, actor: User | None) -> Task:
 @transaction.atomic
 def task_retry(*, task: Task, actor: User | None) -> Task:
     """Run a failed (or dead-lettered, or cancelled) task again, with a fresh retry budget."""
+    if task.status in FINAL_STATES:  # it would become active again: the owner's cap holds
+        _check_active_cap(task.owner_id)
     was_dead = task.dead_lettered_at
     moved = transition_one(
         task_id=task.id,

@@ -61,6 +61,8 @@ def test_environment(**overrides: str) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "taskflow.settings",
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        # The test's cache namespace (tests/conftest.py): its rate-limit counts and cached answers.
+        "CACHE_KEY_PREFIX": settings.CACHES["default"].get("KEY_PREFIX", ""),
         "TASKFLOW_HANDLER_MODULES": "tests.support.handlers",
         "RETRY_BACKOFF_BASE_SECONDS": "0.05",
         "RETRY_BACKOFF_CAP_SECONDS": "0.2",

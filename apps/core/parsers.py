@@ -1,0 +1,69 @@
+"""JSON in: only what PostgreSQL can store and Python can walk.
+
+Valid JSON that still broke requests with a 500:
+- "\\u0000" in a string or a key: PostgreSQL's jsonb (and text) cannot hold NUL;
+- a lone surrogate ("\\ud800"): not encodable as UTF-8, so the database driver fails on it;
+- thousands of nested arrays: json.loads runs out of stack (RecursionError).
+These are 400s now, naming where in the document the problem is.
+"""
+
+import codecs
+import re
+from typing import Any
+
+from rest_framework import parsers
+from rest_framework.exceptions import ParseError
+from rest_framework.utils import json
+
+MAX_JSON_DEPTH = 100
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def json_problem(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes a parsed JSON value unstorable (with its path), or None if nothing does.
+
+    Iterative, so that a deep document cannot exhaust the stack here either.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, root, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            found = _UNSTORABLE.search(item)
+            if found:
+                return f"{path or 'the body'}: {_describe(found.group())} is not allowed in text."
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return f"{path or 'the body'}: nested more than {max_depth} levels deep."
+            entries = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in entries:
+                child_path = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+                child_path = child_path.lstrip(".")
+                if isinstance(key, str) and _UNSTORABLE.search(key):
+                    return f"{path or 'the body'}: a key holds {_describe(key)}, not allowed."
+                stack.append((child, child_path, depth + 1))
+    return None
+
+
+def _describe(text: str) -> str:
+    return "a NUL character (\\u0000)" if "\x00" in text else "a lone UTF-16 surrogate"
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with the unstorable refused as a 400 (malformed_request)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        encoding = parsers.get_encoding(parser_context or {})  # type: ignore[attr-defined]
+        try:
+            decoded = codecs.getreader(encoding)(stream)
+            parse_constant = json.strict_constant if self.strict else None
+            data = json.load(decoded, parse_constant=parse_constant)  # type: ignore[arg-type]
+        except RecursionError as exc:
+            raise ParseError(
+                f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep."
+            ) from exc
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from exc
+        problem = json_problem(data)
+        if problem is not None:
+            raise ParseError(f"JSON parse error - {problem}")
+        return data

@@ -1,0 +1,198 @@
+"""Request rate limits: DRF throttles that count in Redis (the default cache).
+
+DRF's own SimpleRateThrottle keeps a list of timestamps per client and writes it back on every
+request: a read-modify-write that parallel requests all pass at once (a brute-force script only
+has to send its guesses concurrently), and a list of 1000 entries rewritten per request at
+1000/min. These count instead: one atomic INCR per request on a key of the current window, so
+that the n-th request in a window is refused however many arrive together.
+
+A window of the rate's period has its own counter; a request counts the current window's
+requests plus the previous window's, weighted by how much of it still lies within the last period
+(a sliding window, approximated with two counters: no burst of twice the rate where two fixed
+windows meet). A refused request is a 429 with Retry-After, the seconds until one more request
+would pass; it is not counted, so asking again sooner does not push that time back.
+
+Redis down must not take the API with it: a failed count lets the request through, and for the
+next FAIL_OPEN_SECONDS this process does not try (a Redis host that does not answer would
+otherwise cost every request its connect timeout).
+"""
+
+import hashlib
+import ipaddress
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from django.core.cache import caches
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
+
+logger = logging.getLogger(__name__)
+
+FAIL_OPEN_SECONDS = 5.0
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """ "5/min" -> (5, 60). Periods: s, sec, m, min, h, hour, d, day (DRF's forms)."""
+    count, _, period = rate.partition("/")
+    seconds = _PERIODS.get(period.strip()[:1].lower())
+    if not count.strip().isdigit() or seconds is None:
+        raise ValueError(f"Not a rate: {rate!r} (expected e.g. 5/min, 1000/hour).")
+    return int(count), seconds
+
+
+def _short_hash(value: str) -> str:  # bounded, uniform key parts (emails, addresses)
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+class _Breaker:
+    """Process-wide: after a failed count, skip counting for a while (fail open)."""
+
+    def __init__(self) -> None:
+        self._open_until = 0.0
+        self._lock = threading.Lock()
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self._open_until
+
+    def trip(self) -> None:
+        with self._lock:
+            if not self.is_open():
+                logger.warning(
+                    "Rate limits are off for %.0f s: the cache (Redis) did not answer",
+                    FAIL_OPEN_SECONDS,
+                )
+            self._open_until = time.monotonic() + FAIL_OPEN_SECONDS
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+
+
+breaker = _Breaker()
+
+
+def count_hit(key: str, ttl: int) -> int | None:
+    """Add one to `key` (created with `ttl` seconds to live) and return the new count; None if the
+    cache did not answer."""
+    cache = caches["default"]
+    try:
+        try:
+            count = cache.incr(key)  # one round trip while the window's key exists
+        except ValueError:  # no such key yet: the window's first request (or a racing first)
+            added = cache.add(key, 1, ttl)
+            if added is None:  # django-redis with IGNORE_EXCEPTIONS: Redis did not answer
+                return None
+            count = 1 if added else cache.incr(key)
+    except ValueError:  # expired between add and incr (the window just ended): a first request
+        return 1
+    except Exception:  # a cache that does not swallow its connection errors
+        logger.exception("Rate limit count failed")
+        return None
+    # django-redis with IGNORE_EXCEPTIONS answers None when Redis is unreachable.
+    return count if isinstance(count, int) else None
+
+
+class RateThrottle(BaseThrottle):
+    """Counts requests per `ident(request)` under `scope`, at the rate the settings give the scope
+    (REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], read on every request, so tests can change it).
+    A scope without a rate, or a request without an ident, is not limited."""
+
+    scope: str = ""
+
+    def __init__(self) -> None:
+        self._wait: float | None = None
+
+    def ident(self, request: Request, view: Any) -> str | None:
+        raise NotImplementedError
+
+    def rate(self) -> str | None:
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        return str(rate) if rate else None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        rate = self.rate()
+        if not rate or breaker.is_open():
+            return True
+        ident = self.ident(request, view)
+        if ident is None:
+            return True
+        limit, period = parse_rate(rate)
+        now = time.time()
+        window, into = divmod(now, period)
+        key = f"throttle:{self.scope}:{ident}"
+        current_key = f"{key}:{int(window)}"
+        current = count_hit(current_key, 2 * period + 1)
+        if current is None:
+            breaker.trip()
+            return True
+        previous = caches["default"].get(f"{key}:{int(window) - 1}") or 0
+        if not isinstance(previous, int):
+            previous = 0
+        # The previous window's count weighs what is left of it in the last `period` seconds.
+        elapsed = into / period
+        if previous * (1 - elapsed) + current <= limit:
+            return True
+        # Refused, so not counted: Retry-After holds however often the client asks meanwhile.
+        try:
+            caches["default"].decr(current_key)
+        except Exception:  # gone with its window, or Redis with it: nothing to take back
+            logger.debug("Could not uncount a refused request", exc_info=True)
+        self._wait = retry_after(limit, period, elapsed, previous, current - 1)
+        return False
+
+    def wait(self) -> float | None:
+        return None if self._wait is None else max(1.0, math.ceil(self._wait))
+
+
+def retry_after(limit: int, period: int, elapsed: float, previous: int, counted: int) -> float:
+    """Seconds until one more request would pass, `counted` requests counted in this window:
+    later in this window (as the previous window's weight fades), or into the next one (as this
+    window's does)."""
+    left = (1 - elapsed) * period
+    room = limit - counted - 1
+    if room >= 0 and previous > 0:
+        # previous * (1 - elapsed - t / period) + counted + 1 <= limit
+        t = period * ((1 - elapsed) - room / previous)
+        if t < left:
+            return max(t, 0.0)
+    if limit < 1:
+        return left + period  # nothing ever passes; ask again in a while
+    # counted * (1 - g) + 1 <= limit, g the fraction of the next window
+    g = max(0.0, 1 - (limit - 1) / counted) if counted else 0.0
+    return left + g * period
+
+
+def client_address(request: Request) -> str:
+    """The client's address (X-Forwarded-For only through the REST_FRAMEWORK["NUM_PROXIES"]
+    proxies we trust). An IPv6 client counts as its /64: one host usually holds the whole /64."""
+    raw = BaseThrottle().get_ident(request) or ""
+    try:
+        ip = ipaddress.ip_address(raw.strip().split("%", 1)[0])
+    except ValueError:
+        return raw[:64] or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class UserRateThrottle(RateThrottle):
+    """Every API request of an authenticated user (scope "user", USER_RATE)."""
+
+    scope = "user"
+
+    def ident(self, request: Request, view: Any) -> str | None:
+        user = request.user
+        return str(user.pk) if user is not None and user.is_authenticated else None
+
+
+class AddressRateThrottle(RateThrottle):
+    """Requests per client address; subclasses name the scope."""
+
+    def ident(self, request: Request, view: Any) -> str | None:
+        return _short_hash(client_address(request))

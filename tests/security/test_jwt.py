@@ -1,0 +1,209 @@
+"""JWT: every bad token is a 401 on every endpoint that needs a login; refresh tokens rotate and
+work once; logout blacklists them.
+
+tests/accounts/test_api.py covers each kind of bad token on /api/me; here the same kinds go to
+every authenticated route the URL resolver knows.
+"""
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import connections
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from apps.accounts.models import User
+from tests.security.support import (
+    PASSWORD,
+    Route,
+    alg_none_token,
+    api_routes,
+    assert_error,
+    expired_token,
+    wrong_signature_token,
+)
+
+AUTHENTICATED = [route for route in api_routes() if not route.public]
+
+
+def deleted_user_token(user: User) -> str:
+    token = str(RefreshToken.for_user(user).access_token)
+    user.delete()
+    return token
+
+
+def deactivated_user_token(user: User) -> str:
+    token = str(RefreshToken.for_user(user).access_token)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    return token
+
+
+def refresh_as_access_token(user: User) -> str:
+    return str(RefreshToken.for_user(user))
+
+
+BAD_TOKENS: dict[str, Callable[[User], str]] = {
+    "expired": expired_token,
+    "wrong-signature": wrong_signature_token,
+    "alg-none": alg_none_token,
+    "deleted-user": deleted_user_token,
+    "deactivated-user": deactivated_user_token,
+    "refresh-as-access": refresh_as_access_token,
+}
+
+
+@pytest.mark.parametrize("kind", BAD_TOKENS)
+@pytest.mark.parametrize("route", AUTHENTICATED, ids=str)
+def test_a_bad_token_is_401_on_every_authenticated_route(user, kind, route: Route):
+    token = BAD_TOKENS[kind](user)
+    path = route.path(**{param: str(uuid.uuid4()) for param in route.params})
+    client = APIClient()
+    for method in route.methods:
+        for header in (f"Bearer {token}", token):  # both forms we accept
+            response = getattr(client, method)(path, {}, format="json", HTTP_AUTHORIZATION=header)
+            assert response.status_code == 401, (method, path, response.content)
+            assert response.json()["error"]["code"] in {
+                "token_not_valid",
+                "user_not_found",
+                "user_inactive",
+            }
+            assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_every_authenticated_route_is_covered():
+    """The list above is the resolver's: the task, file and monitoring routes are all in it."""
+    names = {route.name for route in AUTHENTICATED}
+    assert {"task-detail", "task-list", "file-detail", "file-download", "me", "stats"} <= names
+    assert "monitoring-task-detail" in names
+
+
+# --- Refresh rotation and logout ------------------------------------------------------------
+
+
+def login(email: str = "alice@example.com") -> dict[str, str]:
+    response = APIClient().post("/api/login", {"email": email, "password": PASSWORD}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def refresh(token: str) -> Any:
+    return APIClient().post("/api/token/refresh", {"refresh": token}, format="json")
+
+
+def me(access: str) -> Any:
+    return APIClient().get("/api/me", HTTP_AUTHORIZATION=f"Bearer {access}")
+
+
+def test_a_refresh_answers_a_new_refresh_token_and_the_old_one_stops_working(user):
+    first = login()["refresh"]
+    answer = refresh(first)
+    assert answer.status_code == 200, answer.content
+    tokens = answer.json()
+    assert set(tokens) == {"access", "refresh"}
+    assert tokens["refresh"] != first
+    assert me(tokens["access"]).status_code == 200
+
+    assert_error(refresh(first), 401, "token_not_valid")  # rotated out
+    second = refresh(tokens["refresh"])
+    assert second.status_code == 200, second.content  # the successor works, once
+    assert_error(refresh(tokens["refresh"]), 401, "token_not_valid")
+
+
+def test_logout_blacklists_the_refresh_token(user):
+    tokens = login()
+    response = APIClient().post("/api/logout", {"refresh": tokens["refresh"]}, format="json")
+    assert response.status_code == 205, response.content
+    assert response.content == b""
+    assert_error(refresh(tokens["refresh"]), 401, "token_not_valid")
+    assert BlacklistedToken.objects.filter(token__user=user).count() == 1
+
+
+def test_logout_after_a_rotation_ends_the_chain(user):
+    first = login()["refresh"]
+    second = refresh(first).json()["refresh"]
+    assert APIClient().post("/api/logout", {"refresh": second}, format="json").status_code == 205
+    assert_error(refresh(first), 401, "token_not_valid")
+    assert_error(refresh(second), 401, "token_not_valid")
+
+
+def test_logout_works_without_a_valid_access_token(user):
+    """An app logs out when its access token has expired too: the refresh token is the proof."""
+    tokens = login()
+    response = APIClient().post(
+        "/api/logout",
+        {"refresh": tokens["refresh"]},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {expired_token(user)}",
+    )
+    assert response.status_code == 205, response.content
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["garbage", "a.b.c", "access", "logged-out"],
+)
+def test_logout_with_a_token_that_is_not_a_live_refresh_token_is_401(user, token):
+    tokens = login()
+    if token == "access":
+        token = tokens["access"]
+    elif token == "logged-out":
+        client = APIClient()
+        assert (
+            client.post("/api/logout", {"refresh": tokens["refresh"]}, format="json").status_code
+            == 205
+        )
+        token = tokens["refresh"]
+    response = APIClient().post("/api/logout", {"refresh": token}, format="json")
+    assert_error(response, 401, "token_not_valid")
+
+
+@pytest.mark.django_db
+def test_logout_without_a_token_is_400():
+    assert_error(
+        APIClient().post("/api/logout", {}, format="json"), 400, "validation_error", ("refresh",)
+    )
+
+
+def test_logout_of_a_deleted_users_token_is_not_a_500(user):
+    token = str(RefreshToken.for_user(user))
+    user.delete()
+    response = APIClient().post("/api/logout", {"refresh": token}, format="json")
+    assert response.status_code == 205, response.content
+
+
+def test_a_deactivated_users_refresh_token_is_401_even_after_rotation(user):
+    rotated = refresh(login()["refresh"]).json()["refresh"]
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert_error(refresh(rotated), 401, "authentication_failed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refreshes_with_one_token_mint_one_successor():
+    """Regression: simplejwt checks the blacklist, then adds the token to it; two refreshes at
+    once both passed the check, and a stolen refresh token lived on next to the owner's."""
+    user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
+    token = str(RefreshToken.for_user(user))
+    attempts = 8
+    barrier = threading.Barrier(attempts)
+    statuses: list[int] = []
+
+    def attempt() -> None:
+        try:
+            barrier.wait(timeout=30)
+            statuses.append(refresh(token).status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=attempt) for _ in range(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert Counter(statuses) == {200: 1, 401: attempts - 1}

@@ -1,0 +1,208 @@
+"""Oversized and malformed input: a clear 413 or 400 in our error shape, never a 500.
+
+Regressions for what went through to PostgreSQL or the stack and came back a 500: NUL characters
+and lone surrogates in JSON, deeply nested JSON, NaN through a form, control characters in the
+Idempotency-Key header.
+"""
+
+import json
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.core.exceptions import ApplicationError
+from apps.tasks import services
+from apps.tasks.models import Task
+from tests.security.support import PASSWORD, assert_error
+from tests.tasks.factories import create_task
+
+NESTED = "[" * 5000 + "]" * 5000
+
+
+@pytest.fixture
+def quiet_client(api: APIClient) -> APIClient:
+    api.raise_request_exception = False  # a 500 shows as a 500, to assert on
+    return api
+
+
+def post_raw(client: APIClient, path: str, body: str, method: str = "post") -> Any:
+    return getattr(client, method)(path, body, content_type="application/json")
+
+
+# --- Sizes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/register"),
+        ("post", "/api/login"),
+        ("post", "/api/token/refresh"),
+        ("post", "/api/logout"),
+        ("post", "/api/tasks"),
+        ("post", "/api/tasks/bulk"),
+        ("patch", "/api/tasks/{task}"),
+    ],
+)
+def test_a_body_over_djangos_limit_is_413_on_every_json_endpoint(
+    quiet_client, user, settings, method, path
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    path = path.format(task=create_task(user).id)
+    body = json.dumps({"email": "x" * 20_000, "payload": {}, "tasks": [], "refresh": "x"})
+    response = post_raw(quiet_client, path, body, method)
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_a_payload_over_max_payload_bytes_is_413_on_change_too(api, user, settings):
+    settings.TASKFLOW = {**settings.TASKFLOW, "MAX_PAYLOAD_BYTES": 100}
+    task = create_task(user, run_at=None)
+    response = api.patch(f"/api/tasks/{task.id}", {"payload": {"a": "x" * 200}}, format="json")
+    assert_error(response, 413, "payload_too_large", fields=("payload",))
+    response = api.post(
+        "/api/tasks/bulk",
+        {"tasks": [{"type": "echo"}, {"type": "echo", "payload": {"a": "x" * 200}}]},
+        format="json",
+    )
+    assert_error(response, 400, "validation_error", fields=("tasks[1].payload",))
+    assert Task.objects.count() == 1
+
+
+def test_a_bulk_create_over_bulk_max_tasks_is_400(api, settings):
+    settings.TASKFLOW = {**settings.TASKFLOW, "BULK_MAX_TASKS": 5}
+    response = api.post("/api/tasks/bulk", {"tasks": [{"type": "echo"}] * 6}, format="json")
+    assert_error(response, 400, "validation_error", fields=("tasks",))
+    assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/files"])
+@pytest.mark.parametrize(
+    "page_size", ["100000", "201", "-1", "0", "abc", "1e9", "99999999999999999999"]
+)
+def test_a_page_is_never_more_than_200_rows_and_never_a_500(quiet_client, user, path, page_size):
+    response = quiet_client.get(f"{path}?page_size={page_size}")
+    assert response.status_code == 200, response.content
+    assert len(response.json()["results"]) <= 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "e" * 101, "payload": {}}, "type"),
+        ({"type": "echo", "payload": {}, "max_retries": 2**70}, "max_retries"),
+    ],
+)
+def test_overlong_task_fields_are_400(api, body, field):
+    assert_error(api.post("/api/tasks", body, format="json"), 400, "validation_error", (field,))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "a" * 250 + "@example.com", "password": PASSWORD}, "email"),
+        ({"email": "carol@example.com", "password": "p" * 129}, "password"),
+    ],
+)
+def test_overlong_account_fields_are_400(body, field):
+    response = APIClient().post("/api/register", body, format="json")
+    assert_error(response, 400, "validation_error", (field,))
+
+
+def test_an_overlong_or_unprintable_idempotency_key_is_400(quiet_client):
+    """Regression: a NUL in the header reached PostgreSQL: a 500."""
+    for key in ("k" * 201, "a\x00b", "tab\there", "new\nline"):
+        response = quiet_client.post(
+            "/api/tasks", {"type": "echo"}, format="json", HTTP_IDEMPOTENCY_KEY=key
+        )
+        assert_error(response, 400, "validation_error", ("Idempotency-Key",))
+    assert not Task.objects.exists()
+
+
+def test_too_many_form_fields_is_400_not_500(quiet_client, settings):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    body = "&".join(f"f{n}=x" for n in range(50))
+    response = quiet_client.post(
+        "/api/tasks", body, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] in {"bad_request", "malformed_request"}
+
+
+def test_too_many_files_in_one_upload_is_400_not_500(quiet_client, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    files = {f"file{n}": SimpleUploadedFile(f"f{n}.txt", b"x") for n in range(5)}
+    response = quiet_client.post("/api/files", files, format="multipart")
+    assert response.status_code == 400, response.content
+
+
+# --- What the database or the stack cannot take -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ('{"type": "echo", "payload": {"a": "x\\u0000y"}}', "payload.a"),
+        ('{"type": "echo", "payload": {"a\\u0000": 1}}', "payload"),
+        ('{"type": "echo", "payload": {"a": ["ok", "\\ud800"]}}', "payload.a[1]"),
+        ('{"type": "echo", "payload": {"a": ' + NESTED + "}}", "nested"),
+        ('{"type": "echo", "payload": ' + "[" * 150 + "]" * 150 + "}", "nested"),
+        ('{"type": "echo\\u0000", "payload": {}}', "type"),
+    ],
+    ids=["nul-value", "nul-key", "lone-surrogate", "deep-5000", "deep-150", "nul-type"],
+)
+def test_unstorable_json_is_400_naming_where(quiet_client, body, where):
+    """Regression: each of these was a 500 (PostgreSQL refused the NUL and the surrogate; the
+    JSON parser ran out of stack on the nesting)."""
+    response = post_raw(quiet_client, "/api/tasks", body)
+    error = assert_error(response, 400, "malformed_request")
+    assert where in error["message"], error
+    assert not Task.objects.exists()
+
+
+def test_unstorable_json_is_400_in_bulk_and_change_too(quiet_client, user):
+    response = post_raw(
+        quiet_client,
+        "/api/tasks/bulk",
+        '{"tasks": [{"type": "echo", "payload": {"a": "\\u0000"}}]}',
+    )
+    assert "tasks[0].payload.a" in assert_error(response, 400, "malformed_request")["message"]
+    task = create_task(user)
+    response = post_raw(
+        quiet_client, f"/api/tasks/{task.id}", '{"payload": {"a": "\\u0000"}}', method="patch"
+    )
+    assert_error(response, 400, "malformed_request")
+    assert Task.objects.get(id=task.id).payload == {}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"a": "x\\u0000"}', "NUL"),
+        ('{"a": NaN}', "valid JSON"),
+        ('{"a": Infinity}', "valid JSON"),
+        (NESTED, "levels deep"),
+        ("{not json", "valid JSON"),
+    ],
+    ids=["nul", "nan", "infinity", "deep", "not-json"],
+)
+def test_a_payload_sent_as_a_form_field_is_checked_the_same(quiet_client, payload, message):
+    """Regression: DRF's JSONField parses a form field leniently (NaN, Infinity) and without a
+    depth limit; each of these was a 500."""
+    response = quiet_client.post(
+        "/api/tasks", {"type": "echo", "payload": payload}, format="multipart"
+    )
+    error = assert_error(response, 400, "validation_error", ("payload",))
+    assert message in " ".join(error["fields"]["payload"]), error
+    assert not Task.objects.exists()
+
+
+def test_the_service_refuses_an_unstorable_payload_from_any_caller(user):
+    with pytest.raises(ApplicationError) as raised:
+        services.task_create(owner=user, type="echo", payload={"note": "a\x00b"})
+    assert raised.value.fields == {"payload.note": [raised.value.fields["payload.note"][0]]}
+    assert raised.value.status_code == 400
+    assert not Task.objects.exists()
