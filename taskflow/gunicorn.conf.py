@@ -14,6 +14,9 @@ keepalive = 5
 timeout = 30
 graceful_timeout = 20
 accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
+# gunicorn's default, less %(u)s: the user name of a Basic Authorization header. No part of any
+# Authorization header (nor any other request header but Referer and User-Agent) is logged.
+access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 max_requests = 5000
 max_requests_jitter = 500
 

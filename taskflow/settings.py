@@ -22,8 +22,10 @@ if Path(env_file).is_file():
     environ.Env.read_env(env_file, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="insecure-local-only-change-me-in-production-0123456789")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
+LOCAL_SECRET_KEY = "insecure-local-only-change-me-in-production-0123456789"
+SECRET_KEY = env.str("SECRET_KEY", default=LOCAL_SECRET_KEY)
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=LOCAL_HOSTS)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")  # "text" for humans, "json" for log shippers
@@ -194,12 +196,27 @@ SIMPLE_JWT = {
     "BLACKLIST_AFTER_ROTATION": True,
 }
 
+# The local default key is public (it is in this repository), and so is a short placeholder like
+# "change-me": with either, anyone could sign a JWT for any user. A deployment that answers other
+# hosts than this machine's must set its own; it does not start otherwise.
+for _name, _key in (("SECRET_KEY", SECRET_KEY), ("JWT_SIGNING_KEY", SIMPLE_JWT["SIGNING_KEY"])):
+    if set(ALLOWED_HOSTS) - set(LOCAL_HOSTS) and (_key == LOCAL_SECRET_KEY or len(_key) < 32):
+        raise ImproperlyConfigured(
+            f"{_name} is the local default or shorter than 32 characters, and ALLOWED_HOSTS "
+            "reaches beyond this machine: set a long random one in the environment."
+        )
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "TaskFlow API",
     "DESCRIPTION": "Create, watch and steer background tasks. Authenticate with a JWT from /api/login.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # drf-spectacular's default hook, then our error shape on every operation (4XX and 5XX).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "apps.core.schema.add_error_responses",
+    ],
 }
 
 # --- Task platform ---------------------------------------------------------------------------
@@ -297,12 +314,16 @@ LOGGING = {
         "json": {"()": "apps.core.logging.JsonFormatter"},
     },
     # request_id and user_id (API), task_id, task_type and attempt (workers) on every record.
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    # No password in a URL, no Authorization credentials, no JWT in any line (RedactFilter).
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "redact": {"()": "apps.core.logging.RedactFilter"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["context"],
+            "filters": ["context", "redact"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -1,7 +1,9 @@
-"""JSON log lines for production (LOG_FORMAT=json), and the context every line carries."""
+"""JSON log lines for production (LOG_FORMAT=json), the context every line carries, and no
+credentials in any line."""
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +23,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 line[key] = value
         if record.exc_info:
-            line["exc_info"] = self.formatException(record.exc_info)
+            line["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, default=str)
 
 
@@ -63,4 +65,36 @@ class ContextFilter(logging.Filter):
         for key, value in log_context().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        return True
+
+
+# --- Credentials out of every line -------------------------------------------------------------
+
+# user:password@ in a URL (a URL a user gave a task, as httpx logs its requests); an
+# Authorization header's credentials; a JWT anywhere.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/?#@\s]*):[^@/?#\s]+@")
+_AUTH_CREDENTIALS = re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/-]+=*")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+    text = _AUTH_CREDENTIALS.sub(rf"\1 {REDACTED}", text)
+    return _JWT.sub(REDACTED, text)
+
+
+class RedactFilter(logging.Filter):
+    """Takes passwords in URLs, Authorization credentials and JWTs out of the message and the
+    traceback of every record, whichever library logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
