@@ -50,5 +50,17 @@ flower: install  ## Flower on :5555, on the same broker (live view of the worker
 test: install services browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) services  ## the benchmark of docs/benchmarks.md (about 14 min); BENCH_ARGS=--help
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) services  ## the same, small (under 2 min)
+	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
