@@ -1,4 +1,4 @@
-"""Outgoing HTTP for handlers (download_files, fetch_url; later webhooks), guarded against SSRF.
+"""Outgoing HTTP for handlers (download_files, fetch_url, webhook types), guarded against SSRF.
 
 A user names a URL; we must not let it reach the cluster's private side (the metadata service at
 169.254.169.254, the database, an admin port on localhost). For every request and every redirect:
@@ -188,13 +188,15 @@ def guarded_request(
     url: str,
     *,
     headers: dict[str, str] | None = None,
+    content: bytes | None = None,
     timeout: float,
     max_redirects: int = MAX_REDIRECTS,
 ) -> Iterator[GuardedResponse]:
-    """Send `method url` through the SSRF guard; yields the final response, body unread.
+    """Send `method url` (with the body `content`, if any) through the SSRF guard; yields the
+    final response, body unread.
 
     `timeout` bounds each connect and each read; the caller bounds the whole body with
-    `read_body(..., deadline=...)`.
+    `read_body(..., deadline=...)`. A redirect that turns the request into a GET drops the body.
     """
     current = parse_url(url)
     request_headers = {"User-Agent": USER_AGENT, **(headers or {})}
@@ -207,7 +209,7 @@ def guarded_request(
     ) as client:
         started = time.monotonic()
         for _hop in range(max_redirects + 1):
-            response = _send(client, method, current, request_headers)
+            response = _send(client, method, current, request_headers, content)
             if not _is_redirect(response):
                 try:
                     yield GuardedResponse(response, str(current), redirects, started)
@@ -224,6 +226,7 @@ def guarded_request(
                 response.status_code in {301, 302} and method == "POST"
             ):
                 method = "GET"  # what browsers do
+                content = None
             if _origin(target) != _origin(current):
                 request_headers = {
                     name: value
@@ -235,7 +238,11 @@ def guarded_request(
 
 
 def _send(
-    client: httpx.Client, method: str, url: httpx.URL, headers: dict[str, str]
+    client: httpx.Client,
+    method: str,
+    url: httpx.URL,
+    headers: dict[str, str],
+    content: bytes | None = None,
 ) -> httpx.Response:
     ip = vet(url)
     extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
@@ -244,6 +251,7 @@ def _send(
         method,
         url.copy_with(host=str(ip)),
         headers={**headers, "Host": host_header},
+        content=content,
         extensions=extensions,
     )
     try:

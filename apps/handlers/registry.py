@@ -1,10 +1,15 @@
 """The registry of task types: name, payload schema, queue, retry policy and the function to run.
 
-A task type is one module: a payload serializer and a function decorated with `@handler(...)`.
+A code type is one module: a payload serializer and a function decorated with `@handler(...)`
+(`taskflow.sdk.handler`). What the platform runs is the *effective* type: the code's settings
+with the overrides staff made in the admin (apps.handlers.models.TaskType), plus the webhook types
+created there. `get_task_type`, `require_task_type` and `task_types` answer with those, from a
+cache that costs no query per task (apps.handlers.selectors).
 """
 
 import importlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -42,6 +47,39 @@ class AnyPayload(serializers.Serializer):
         return data
 
 
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute)\s*$")
+RATE_PERIODS = {"second": 1, "minute": 60}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` tasks start per `period_seconds` (1 or 60), spaced evenly."""
+
+    count: int
+    period_seconds: int
+
+    @classmethod
+    def parse(cls, rate: str) -> "RateLimit":
+        """ "5/s", "5/second", "100/min", "100/minute"."""
+        match = _RATE.match(rate)
+        if match is None or int(match.group(1)) < 1:
+            raise ValueError(f"Not a rate: {rate!r} (expected e.g. 5/s or 100/min).")
+        return cls(int(match.group(1)), 1 if match.group(2).startswith("s") else 60)
+
+    @property
+    def period_name(self) -> str:
+        return "second" if self.period_seconds == 1 else "minute"
+
+    @property
+    def interval_seconds(self) -> float:
+        """The spacing between two starts."""
+        return self.period_seconds / self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{'s' if self.period_seconds == 1 else 'min'}"
+
+
 @dataclass(frozen=True)
 class TaskTypeSpec:
     name: str
@@ -52,9 +90,31 @@ class TaskTypeSpec:
     time_limit_seconds: int | None
     retry_on: tuple[type[BaseException], ...]
     description: str
+    # None: the platform's defaults (RETRY_BACKOFF_*_SECONDS, MAX_RETRIES_LIMIT).
+    backoff_base_seconds: float | None = None
+    backoff_cap_seconds: float | None = None
+    max_retries_limit: int | None = None
+    # Cluster-wide limits (apps.handlers.limits); None: no limit.
+    rate_limit: RateLimit | None = None
+    concurrency_limit: int | None = None
+    kind: str = "code"
+    enabled: bool = True
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, (RetryableError, *self.retry_on))
+
+    @property
+    def default_max_retries(self) -> int:
+        if self.max_retries is not None:
+            return self.max_retries
+        return int(settings.TASKFLOW["DEFAULT_MAX_RETRIES"])
+
+    @property
+    def retries_limit(self) -> int:
+        """The most retries a task of this type may ask for."""
+        if self.max_retries_limit is not None:
+            return self.max_retries_limit
+        return int(settings.TASKFLOW["MAX_RETRIES_LIMIT"])
 
 
 _registry: dict[str, TaskTypeSpec] = {}
@@ -69,46 +129,107 @@ def handler(
     time_limit_seconds: int | None = None,
     retry_on: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError),
     description: str = "",
+    backoff_base_seconds: float | None = None,
+    backoff_cap_seconds: float | None = None,
+    max_retries_limit: int | None = None,
+    rate_limit: str | None = None,
+    concurrency_limit: int | None = None,
 ) -> Callable[[HandlerFunc], HandlerFunc]:
-    """Register the decorated function as the handler of task type `name`."""
+    """Register the decorated function as the handler of task type `name`.
+
+    payload: a DRF serializer class for the payload (checked when a task is created).
+    queue: where its tasks run (TaskQueue.DEFAULT, IO or CPU).
+    max_retries: the default when a task does not say (else DEFAULT_MAX_RETRIES);
+    max_retries_limit: the most a task may ask for (else MAX_RETRIES_LIMIT).
+    time_limit_seconds: one attempt's limit (else TASK_HARD_TIME_LIMIT_SECONDS).
+    retry_on: exceptions retried besides RetryableError.
+    backoff_base_seconds, backoff_cap_seconds: retry n waits uniform(0, min(cap, base * 2**(n-1))).
+    rate_limit ("5/s", "100/min") and concurrency_limit: cluster-wide, across all workers.
+    Staff can override every one of these in the admin (Task types).
+    """
+    if not TYPE_NAME.match(name):
+        raise ValueError(
+            f"Task type name {name!r}: use lowercase letters, digits, _ . - (a letter first)."
+        )
+    parsed_rate = RateLimit.parse(rate_limit) if rate_limit else None
+    if concurrency_limit is not None and concurrency_limit < 1:
+        raise ValueError("concurrency_limit must be at least 1 (or None for no limit).")
 
     def register(func: HandlerFunc) -> HandlerFunc:
         spec = TaskTypeSpec(
             name=name,
             run=func,
             payload_serializer=payload,
-            queue=queue,
+            queue=TaskQueue(queue),
             max_retries=max_retries,
             time_limit_seconds=time_limit_seconds,
             retry_on=retry_on,
             description=description or (func.__doc__ or "").strip(),
+            backoff_base_seconds=backoff_base_seconds,
+            backoff_cap_seconds=backoff_cap_seconds,
+            max_retries_limit=max_retries_limit,
+            rate_limit=parsed_rate,
+            concurrency_limit=concurrency_limit,
         )
         existing = _registry.get(name)
         if existing is not None and existing.run is not func:
             logger.warning("Task type %r registered twice; the later one wins", name)
         _registry[name] = spec
+        _invalidate()
         return func
 
     return register
 
 
+def _invalidate() -> None:
+    from apps.handlers.selectors import invalidate_task_types
+
+    invalidate_task_types()
+
+
+def code_task_types() -> dict[str, TaskTypeSpec]:
+    """The types registered in code, as the code declares them (no admin overrides)."""
+    return dict(_registry)
+
+
 def get_task_type(name: str) -> TaskTypeSpec | None:
-    return _registry.get(name)
+    """The effective type (code with admin overrides, or a webhook type), enabled or not."""
+    from apps.handlers.selectors import effective_task_types
+
+    return effective_task_types().get(name)
 
 
-def task_types() -> list[TaskTypeSpec]:
-    return sorted(_registry.values(), key=lambda spec: spec.name)
+def task_types(*, enabled_only: bool = False) -> list[TaskTypeSpec]:
+    from apps.handlers.selectors import effective_task_types
+
+    specs = effective_task_types().values()
+    return sorted(
+        (spec for spec in specs if spec.enabled or not enabled_only), key=lambda s: s.name
+    )
 
 
 def require_task_type(name: str) -> TaskTypeSpec:
-    spec = _registry.get(name)
+    spec = get_task_type(name)
     if spec is None:
-        valid = ", ".join(sorted(_registry))
+        valid_types = [spec.name for spec in task_types(enabled_only=True)]
+        valid = ", ".join(valid_types)
         raise ApplicationError(
             f"Unknown task type {name!r}. Valid types: {valid}.",
             code="unknown_task_type",
             fields={"type": [f"Unknown task type {name!r}. Valid types: {valid}."]},
-            extra={"valid_types": sorted(_registry)},
+            extra={"valid_types": valid_types},
+        )
+    return spec
+
+
+def require_enabled_task_type(name: str) -> TaskTypeSpec:
+    """As require_task_type, and a 400 task_type_disabled for a type staff disabled."""
+    spec = require_task_type(name)
+    if not spec.enabled:
+        raise ApplicationError(
+            f"The task type {name!r} is disabled: it takes no new tasks for now.",
+            code="task_type_disabled",
+            fields={"type": [f"The task type {name!r} is disabled."]},
         )
     return spec
 

@@ -6,6 +6,8 @@ from rest_framework import serializers
 
 from apps.handlers.registry import AnyPayload
 
+_NOT_DECLARED = object()
+
 _TYPES: list[tuple[type[serializers.Field], dict[str, Any]]] = [
     (serializers.BooleanField, {"type": "boolean"}),
     (serializers.IntegerField, {"type": "integer"}),
@@ -52,6 +54,9 @@ def field_schema(field: serializers.Field) -> dict[str, Any]:
 def serializer_schema(serializer_class: type[serializers.Serializer]) -> dict[str, Any]:
     if issubclass(serializer_class, AnyPayload):
         return {"type": "object"}
+    declared: Any = getattr(serializer_class, "json_schema", _NOT_DECLARED)
+    if declared is not _NOT_DECLARED:  # a webhook type's payload: its JSON Schema as staff gave it
+        return dict(declared) if declared else {"type": "object"}
     serializer = serializer_class()
     properties = {name: field_schema(field) for name, field in serializer.fields.items()}
     required = [name for name, field in serializer.fields.items() if field.required]

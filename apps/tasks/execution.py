@@ -12,20 +12,30 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from apps.core.logging import bind_log_context
+from apps.handlers import limits
 from apps.handlers.context import TaskContext
 from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
 from apps.handlers.registry import TaskTypeSpec, get_task_type
+from apps.handlers.selectors import invalidate_task_types
+from apps.handlers.services import type_disabled_for_hold
 from apps.tasks.backoff import retry_delay
 from apps.tasks.models import AttemptOutcome, Task
 from apps.tasks.states import TaskStatus
-from apps.tasks.transitions import AttemptFinish, AttemptStart, Sql, transition_one
+from apps.tasks.transitions import (
+    AttemptFinish,
+    AttemptStart,
+    Sql,
+    Transitioned,
+    transition_one,
+)
 
 logger = logging.getLogger(__name__)
 S = TaskStatus
@@ -35,7 +45,7 @@ LEASE_GRACE_SECONDS = 60
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    action: str  # ran | dropped | lost | dead_letter
+    action: str  # ran | held | dropped | lost | dead_letter
     status: str | None = None
     note: str = ""
 
@@ -58,26 +68,16 @@ def _lease_seconds(spec: TaskTypeSpec | None) -> int:
 def handle_delivery(
     *, task_id: str, dispatch_id: str, redelivered: bool, worker: str
 ) -> DeliveryOutcome:
-    task = Task.objects.filter(id=task_id).only("id", "type").first()
+    task = Task.objects.filter(id=task_id).only("id", "type", "status", "dispatch_id").first()
     if task is None:
         return DeliveryOutcome("dropped", note="no such task (deleted)")
     spec = get_task_type(task.type)
-    claimed = transition_one(
-        task_id=task_id,
-        to=S.RUNNING,
-        allowed_from={S.QUEUED},
-        where="AND t.dispatch_id = %s",
-        where_params=(dispatch_id,),
-        changes={
-            "attempts": Sql("t.attempts + 1"),
-            "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),
-            "lease_expires_at": timezone.now() + timedelta(seconds=_lease_seconds(spec)),
-            "progress": 0,
-            "progress_message": "",
-        },
-        attempt=AttemptStart(worker=worker),
-        note=f"claimed by {worker}",
-    )
+    if spec is not None and task.status == S.QUEUED and str(task.dispatch_id) == dispatch_id:
+        # The type's switches and limits, before the claim (a held task is not claimed).
+        held, spec = _admit(task_id=task_id, dispatch_id=dispatch_id, spec=spec)
+        if held is not None:
+            return held
+    claimed = _claim(task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker)
     if claimed is not None:
         status = run_claimed(claimed.task, spec)
         return DeliveryOutcome("ran", status=status)
@@ -87,6 +87,14 @@ def handle_delivery(
         return DeliveryOutcome("dropped", note="no such task (deleted)")
     if str(current["dispatch_id"]) != dispatch_id:
         return DeliveryOutcome("dropped", status=current["status"], note="stale message")
+    if current["status"] == S.QUEUED and spec is not None and spec.concurrency_limit:
+        # Still queued with this very dispatch: the claim lost to the concurrency limit.
+        return _hold(
+            task_id=task_id,
+            dispatch_id=dispatch_id,
+            run_at=timezone.now() + timedelta(seconds=limits.concurrency_hold_seconds()),
+            reason=f"concurrency limit ({spec.concurrency_limit} running)",
+        ) or DeliveryOutcome("dropped", note="changed while it was being claimed")
     if current["status"] == S.RUNNING and redelivered:
         lost = attempt_lost(
             task_id=task_id,
@@ -100,6 +108,93 @@ def handle_delivery(
         # Failed with this very message, but it never reached the dead-letter queue.
         return DeliveryOutcome("dead_letter", status=S.FAILED)
     return DeliveryOutcome("dropped", status=current["status"], note="duplicate message")
+
+
+def _claim(
+    *, task_id: str, dispatch_id: str, spec: TaskTypeSpec | None, worker: str
+) -> Transitioned | None:
+    """queued -> running, if the message's dispatch is the row's (and, for a type with a
+    concurrency limit, if fewer than the limit are running: apps.handlers.limits)."""
+    limit_where, limit_params = limits.concurrency_condition(spec) if spec else ("", ())
+
+    def claim() -> Transitioned | None:
+        return transition_one(
+            task_id=task_id,
+            to=S.RUNNING,
+            allowed_from={S.QUEUED},
+            where=f"AND t.dispatch_id = %s {limit_where}",
+            where_params=(dispatch_id, *limit_params),
+            changes={
+                "attempts": Sql("t.attempts + 1"),
+                "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),
+                "lease_expires_at": timezone.now() + timedelta(seconds=_lease_seconds(spec)),
+                "progress": 0,
+                "progress_message": "",
+            },
+            attempt=AttemptStart(worker=worker),
+            note=f"claimed by {worker}",
+        )
+
+    if not limit_where:
+        return claim()
+    assert spec is not None
+    with transaction.atomic():
+        limits.lock_type_for_claim(spec.name)
+        return claim()
+
+
+def _admit(
+    *, task_id: str, dispatch_id: str, spec: TaskTypeSpec
+) -> tuple[DeliveryOutcome | None, TaskTypeSpec | None]:
+    """Hold the task if its type is disabled or over its rate limit: (outcome, None). Otherwise
+    (None, the spec to run with). Holding uses no retry and is no failure."""
+    if not spec.enabled:
+        with transaction.atomic():
+            if type_disabled_for_hold(spec.name):
+                # No run_at: it waits until staff enable the type (apps.handlers.services).
+                held = _hold(
+                    task_id=task_id, dispatch_id=dispatch_id, run_at=None, reason="type disabled"
+                )
+                if held is not None:
+                    return held, None
+        # Enabled since this process cached the type: look again, with the current settings.
+        invalidate_task_types()
+        fresh = get_task_type(spec.name)
+        if fresh is None:
+            return None, None
+        spec = fresh
+    wait = limits.rate_limit_wait(spec)
+    if wait is not None:
+        hold = limits.rate_hold_seconds(spec, wait)
+        held = _hold(
+            task_id=task_id,
+            dispatch_id=dispatch_id,
+            run_at=timezone.now() + timedelta(seconds=hold),
+            reason=f"rate limit ({spec.rate_limit})",
+        )
+        if held is not None:
+            return held, None
+    return None, spec
+
+
+def _hold(
+    *, task_id: str, dispatch_id: str, run_at: datetime | None, reason: str
+) -> DeliveryOutcome | None:
+    """queued -> postponed until `run_at` (None: until its type is enabled), without a claim:
+    no attempt, no retry used. The releaser queues it again with a new dispatch."""
+    moved = transition_one(
+        task_id=task_id,
+        to=S.POSTPONED,
+        allowed_from={S.QUEUED},
+        where="AND t.dispatch_id = %s",
+        where_params=(dispatch_id,),
+        changes={"run_at": run_at, "dispatch_id": None, "published_at": None},
+        note=f"held: {reason}",
+    )
+    if moved is None:
+        return None
+    logger.info("Task %s held: %s", task_id, reason)
+    return DeliveryOutcome("held", status=S.POSTPONED, note=reason)
 
 
 def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
@@ -214,7 +309,7 @@ def _retry_or_fail(
     """A retryable failure: wait with backoff if retries remain, otherwise fail for good."""
     row = (
         Task.objects.filter(id=task_id)
-        .values("retries", "max_retries", "cancel_requested_at")
+        .values("retries", "max_retries", "cancel_requested_at", "type")
         .first()
     )
     if row is None:
@@ -238,10 +333,15 @@ def _retry_or_fail(
         )
     elif row["retries"] < row["max_retries"]:
         retry_number = row["retries"] + 1
+        spec = get_task_type(row["type"])  # the type's own backoff, else the platform's
         delay = (
             timedelta(seconds=max(0.0, retry_after))
             if retry_after is not None
-            else retry_delay(retry_number)
+            else retry_delay(
+                retry_number,
+                base=spec.backoff_base_seconds if spec else None,
+                cap=spec.backoff_cap_seconds if spec else None,
+            )
         )
         run_at = timezone.now() + delay
         moved = transition_one(

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from apps.handlers import limits
 from tests.support.files import use_media_root
 from tests.support.http import HttpServer, http_server
 from tests.support.smtp import SmtpServer
@@ -13,6 +14,14 @@ from tests.support.smtp import SmtpServer
 def fast_password_hashing(settings: Any) -> None:
     # The users these tests make need no real password hashing (it costs ~0.5 s per user).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def type_limits_enforced() -> Iterator[None]:
+    """A test that stopped Redis does not leave the task types' rate limits off for the next."""
+    limits.fail_open.reset()
+    yield
+    limits.fail_open.reset()
 
 
 @pytest.fixture(autouse=True)

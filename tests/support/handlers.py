@@ -61,3 +61,22 @@ def sleep(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
 @handler("test_bad_result", payload=AnyPayload)
 def bad_result(ctx: TaskContext, payload: dict[str, Any]) -> Any:
     return {"not json": object()}
+
+
+class RecordPayload(serializers.Serializer):
+    seconds = serializers.FloatField(min_value=0, max_value=30)
+    marker = serializers.CharField()
+
+
+@handler("test_limited", payload=RecordPayload, max_retries=0)
+def limited(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """For the cluster-wide limit tests: works `seconds`, then appends one line to `marker`:
+    task id, start and end (epoch seconds) and the process id."""
+    started = time.time()
+    deadline = time.monotonic() + payload["seconds"]
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    ended = time.time()
+    with open(payload["marker"], "a") as marker:  # one short append: not interleaved
+        marker.write(f"{ctx.task_id} {started:.6f} {ended:.6f} {os.getpid()}\n")
+    return {"started": started, "ended": ended}

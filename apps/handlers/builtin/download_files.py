@@ -19,11 +19,15 @@ from rest_framework import serializers
 
 from apps.files.services import file_summary
 from apps.handlers import net
-from apps.handlers.context import TaskContext
-from apps.handlers.errors import HandlerError, PermanentError, RetryableError
-from apps.handlers.fields import HttpUrlField
-from apps.handlers.registry import handler
-from apps.tasks.queues import TaskQueue
+from taskflow.sdk import (
+    HandlerError,
+    HttpUrlField,
+    PermanentError,
+    RetryableError,
+    TaskContext,
+    TaskQueue,
+    handler,
+)
 
 MAX_URLS = 20
 # The attempt's own limit; the time left bounds each download, and what is left over when it runs

@@ -2,8 +2,7 @@
 
 from typing import Any
 
-from apps.handlers.context import TaskContext
-from apps.handlers.registry import AnyPayload, handler
+from taskflow.sdk import AnyPayload, TaskContext, handler
 
 
 @handler("echo", payload=AnyPayload, description="Returns its payload as the result.")

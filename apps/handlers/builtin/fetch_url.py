@@ -13,10 +13,8 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.handlers import net
-from apps.handlers.context import TaskContext
-from apps.handlers.fields import HttpUrlField, NumberField, is_single_line
-from apps.handlers.registry import handler
-from apps.tasks.queues import TaskQueue
+from apps.handlers.fields import is_single_line
+from taskflow.sdk import HttpUrlField, NumberField, TaskContext, TaskQueue, handler
 
 METHODS = ("GET", "HEAD", "OPTIONS")
 MAX_TIMEOUT_SECONDS = 120

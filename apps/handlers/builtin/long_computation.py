@@ -5,10 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.handlers.context import TaskContext
-from apps.handlers.errors import TaskCancelled
-from apps.handlers.registry import handler
-from apps.tasks.queues import TaskQueue
+from taskflow.sdk import TaskCancelled, TaskContext, TaskQueue, handler
 
 MAX_DURATION_SECONDS = 600
 

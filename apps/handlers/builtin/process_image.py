@@ -13,13 +13,16 @@ from django.conf import settings
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
 from rest_framework import serializers
 
-from apps.files.fields import FileRefField
 from apps.files.services import file_summary
-from apps.handlers.context import TaskContext
-from apps.handlers.errors import PermanentError
-from apps.handlers.fields import NumberField, StrictBooleanField
-from apps.handlers.registry import handler
-from apps.tasks.queues import TaskQueue
+from taskflow.sdk import (
+    FileRefField,
+    NumberField,
+    PermanentError,
+    StrictBooleanField,
+    TaskContext,
+    TaskQueue,
+    handler,
+)
 
 OPERATIONS = (
     "blur",

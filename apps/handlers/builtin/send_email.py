@@ -9,15 +9,11 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apps.files.fields import FileRefField
 from apps.files.models import UserFile
 from apps.files.services import file_summary
-from apps.handlers.context import TaskContext
-from apps.handlers.errors import PermanentError
 from apps.handlers.fields import RecipientsField, SingleLineField
-from apps.handlers.registry import handler
 from apps.notifications.services import Attachment, email_send
-from apps.tasks.queues import TaskQueue
+from taskflow.sdk import FileRefField, PermanentError, TaskContext, TaskQueue, handler
 
 MAX_ATTACHMENTS = 10
 MAX_ATTACHMENTS_BYTES = 20 * 1024 * 1024  # what most SMTP servers take, after base64

@@ -1,0 +1,1 @@
+"""An example TaskFlow plugin: the `word_count` task type (see handlers.py)."""

@@ -1,0 +1,279 @@
+"""Cluster-wide limits per task type: the concurrency limit (PostgreSQL, in the claim) and the
+rate limit (Redis). First through handle_delivery in this process, then with two real worker
+processes and beat, counting what ran at once and per second."""
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.handlers import limits
+from apps.handlers.models import TaskType, TaskTypeKind
+from apps.tasks import services
+from apps.tasks.execution import DeliveryOutcome, _claim, handle_delivery
+from apps.tasks.models import Task, TaskStatusChange
+from apps.tasks.states import TaskStatus
+from tests.handlers.runner import create, deliver
+from tests.support import processes
+from tests.support.processes import free_port
+from tests.support.wait import wait_for
+
+S = TaskStatus
+
+
+def limit(name: str, **fields: Any) -> None:
+    TaskType.objects.update_or_create(name=name, defaults={"kind": TaskTypeKind.CODE, **fields})
+
+
+def last_note(task: Task) -> str:
+    notes = TaskStatusChange.objects.filter(task=task).order_by("at", "id")
+    return str(notes.values_list("note", flat=True).last())
+
+
+def deliver_in_thread(task: Task, out: list[DeliveryOutcome]) -> threading.Thread:
+    def work() -> None:
+        try:
+            out.append(
+                handle_delivery(
+                    task_id=str(task.id),
+                    dispatch_id=str(task.dispatch_id),
+                    redelivered=False,
+                    worker=f"thread-{threading.get_ident()}",
+                )
+            )
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def release_when_due(task: Task) -> None:
+    task.refresh_from_db()
+    run_at = task.run_at
+    assert run_at is not None
+    wait_for(lambda: timezone.now() >= run_at, timeout=5, what="the hold")
+    assert services.release_due_tasks() >= 1
+
+
+# --- Concurrency, in this process ---------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_over_the_concurrency_limit_is_held_not_failed(user):
+    limit("test_sleep", concurrency_limit=1)
+    first = create(user, "test_sleep", {"seconds": 30})
+    second = create(user, "test_sleep", {"seconds": 0}, max_retries=0)
+    out: list[DeliveryOutcome] = []
+    thread = deliver_in_thread(first, out)
+    try:
+        wait_for(lambda: Task.objects.filter(id=first.id, status=S.RUNNING).exists())
+        before = timezone.now()
+
+        outcome = deliver(second)
+
+        assert (outcome.action, second.status) == ("held", S.POSTPONED)
+        assert (second.attempts, second.retries, second.dispatch_id) == (0, 0, None)
+        assert last_note(second) == "held: concurrency limit (1 running)"
+        assert second.run_at is not None
+        assert before + timedelta(seconds=0.4) < second.run_at < before + timedelta(seconds=2)
+    finally:
+        services.task_cancel(task=first, actor=None)
+        thread.join(timeout=30)
+    assert out[0].status == S.CANCELLED
+
+    release_when_due(second)  # the slot is free now
+    assert deliver(second).status == S.SUCCEEDED
+    assert (second.attempts, second.retries) == (1, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_claims_never_pass_the_concurrency_limit(user):
+    limit("test_sleep", concurrency_limit=2)
+    tasks = [create(user, "test_sleep", {"seconds": 1.5}) for _ in range(8)]
+    out: list[DeliveryOutcome] = []
+    start = threading.Barrier(len(tasks))
+
+    def work(task: Task) -> None:
+        try:
+            start.wait()
+            out.append(
+                handle_delivery(
+                    task_id=str(task.id),
+                    dispatch_id=str(task.dispatch_id),
+                    redelivered=False,
+                    worker="parallel",
+                )
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert Counter(o.action for o in out) == {"ran": 2, "held": 6}
+    assert Task.objects.filter(status=S.SUCCEEDED).count() == 2
+    assert Task.objects.filter(status=S.POSTPONED, attempts=0).count() == 6
+
+
+def test_a_dead_workers_slot_is_freed_when_its_attempt_is_settled(user):
+    limit("test_sleep", concurrency_limit=1)
+    stuck = create(user, "test_sleep", {"seconds": 0}, max_retries=1)
+    waiting = create(user, "test_sleep", {"seconds": 0})
+    # Claimed, then its worker died: the row says running, nothing will finish it.
+    from apps.handlers.registry import get_task_type
+
+    assert _claim(
+        task_id=str(stuck.id),
+        dispatch_id=str(stuck.dispatch_id),
+        spec=get_task_type("test_sleep"),
+        worker="dead",
+    )
+    assert deliver(waiting).action == "held"
+
+    Task.objects.filter(id=stuck.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.reap_expired_leases() == 1  # the lost attempt: retrying, not running
+
+    release_when_due(waiting)
+    assert deliver(waiting).status == S.SUCCEEDED
+
+
+# --- Rate, in this process -----------------------------------------------------------------------
+
+
+def test_a_start_over_the_rate_limit_is_held_until_its_turn(user):
+    limit("echo", rate_limit_count=1, rate_limit_period="minute")
+    first = create(user, "echo", {"n": 1})
+    second = create(user, "echo", {"n": 2}, max_retries=0)
+    before = timezone.now()
+
+    assert deliver(first).status == S.SUCCEEDED
+    outcome = deliver(second)
+
+    assert (outcome.action, second.status) == ("held", S.POSTPONED)
+    assert (second.attempts, second.retries) == (0, 0)
+    assert last_note(second) == "held: rate limit (1/min)"
+    # Its turn comes a minute after the first start; the spread adds up to one more minute.
+    assert second.run_at is not None
+    assert before + timedelta(seconds=58) < second.run_at < before + timedelta(seconds=121)
+
+
+def test_with_redis_away_the_rate_limit_fails_open_and_says_so(user, settings, caplog):
+    limit("echo", rate_limit_count=1, rate_limit_period="minute")
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"},
+    }
+    tasks = [create(user, "echo", {"n": n}) for n in range(3)]
+
+    with caplog.at_level(logging.WARNING, logger="apps.handlers.limits"):
+        assert [deliver(task).status for task in tasks] == [S.SUCCEEDED] * 3
+
+    assert caplog.text.count("Task type rate limits are NOT enforced") == 1  # once, not per task
+    assert limits.fail_open.is_open()
+
+
+# --- Two real workers ---------------------------------------------------------------------------
+
+
+@contextmanager
+def two_workers_and_beat(**env: str) -> Iterator[dict[str, processes.Process]]:
+    environment = processes.test_environment(WORKER_CONCURRENCY="4", **env)
+    started = processes.start_all(("beat", "worker"), environment)
+    try:
+        command = processes.procfile()["worker"].replace("worker@%h", "worker2@%h")
+        started["worker2"] = processes.start("worker", env=environment, command=command)
+        yield started
+    finally:
+        processes.stop_all(started)
+
+
+def run_all(user: Any, count: int, seconds: float, marker: Path) -> tuple[list[Task], str]:
+    with two_workers_and_beat() as started:
+        tasks = [
+            create(user, "test_limited", {"seconds": seconds, "marker": str(marker)})
+            for _ in range(count)
+        ]
+        ids = [t.id for t in tasks]
+        finished = [S.SUCCEEDED, S.FAILED, S.CANCELLED]
+        wait_for(
+            lambda: Task.objects.filter(id__in=ids, status__in=finished).count() == count,
+            timeout=120,
+            interval=0.2,
+            what=f"{count} tasks to finish",
+        )
+        logs = processes.dump_logs(started)
+    return list(Task.objects.filter(id__in=ids)), logs
+
+
+def runs_of(marker: Path) -> list[tuple[float, float, int]]:
+    runs = []
+    for line in marker.read_text().splitlines():
+        _task_id, started, ended, pid = line.split()
+        runs.append((float(started), float(ended), int(pid)))
+    return runs
+
+
+def most_at_once(runs: list[tuple[float, float, int]]) -> int:
+    # An end and a start at the same instant: the end first (the slot was freed).
+    events = sorted([(s, 1) for s, _, _ in runs] + [(e, -1) for _, e, _ in runs])
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_never_run_more_than_the_concurrency_limit(user, broker, tmp_path):
+    limit("test_limited", concurrency_limit=2)
+    marker = tmp_path / "runs.txt"
+
+    tasks, logs = run_all(user, count=10, seconds=0.6, marker=marker)
+
+    assert all(t.status == S.SUCCEEDED for t in tasks), logs
+    assert all((t.attempts, t.retries) == (1, 0) for t in tasks)  # holds use no retry
+    runs = runs_of(marker)
+    assert len(runs) == 10
+    assert most_at_once(runs) == 2, sorted(runs)
+    assert len({pid for _, _, pid in runs}) >= 2  # not one process doing it all in turn
+    held = TaskStatusChange.objects.filter(task__in=tasks, note__startswith="held: concurrency")
+    assert held.exists()
+    workers = set(
+        Task.objects.filter(id__in=[t.id for t in tasks])
+        .values_list("attempt_rows__worker", flat=True)
+        .distinct()
+    )
+    assert {w.split("@")[0] for w in workers} == {"worker", "worker2"}, workers
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_together_keep_to_the_rate_limit(user, broker, tmp_path):
+    limit("test_limited", rate_limit_count=2, rate_limit_period="second")
+    marker = tmp_path / "runs.txt"
+
+    tasks, logs = run_all(user, count=8, seconds=0, marker=marker)
+
+    assert all(t.status == S.SUCCEEDED for t in tasks), logs
+    assert all((t.attempts, t.retries) == (1, 0) for t in tasks)
+    starts = sorted(started for started, _, _ in runs_of(marker))
+    assert len(starts) == 8
+    per_second = Counter(int(s) for s in starts)
+    assert max(per_second.values()) <= 2 + 1, per_second  # N per period, +1 at a window's edge
+    assert starts[-1] - starts[0] >= (8 - 1) / 2 - 0.5  # spaced about 1/2 s apart
+    held = TaskStatusChange.objects.filter(task__in=tasks, note="held: rate limit (2/s)")
+    assert held.exists()
