@@ -68,8 +68,14 @@ class LoginView(TokenObtainPairView):
 
     serializer_class = EmailTokenObtainPairSerializer
     authentication_classes = ()
-    # Per address first: a guess refused there does not count against the account.
     throttle_classes = [LoginAddressThrottle, LoginAccountThrottle]
+
+    def check_throttles(self, request: Request) -> None:
+        # In order, stopping at the first refusal (DRF asks every throttle): an attempt refused
+        # for its address does not also use up the account's attempts.
+        for throttle in self.get_throttles():
+            if not throttle.allow_request(request, self):
+                self.throttled(request, throttle.wait() or 1.0)
 
 
 # simplejwt's refresh, with a deleted user (or a user id that is no id) a 401 and not a 500:

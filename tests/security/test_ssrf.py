@@ -80,7 +80,7 @@ class _Counting(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def internal_server() -> Iterator[tuple[int, Counter[str]]]:
-    handler = type("Internal", (_Counting,), {"hits": Counter()})
+    handler: type[_Counting] = type("Internal", (_Counting,), {"hits": Counter()})
     server = ThreadingHTTPServer(("127.0.0.2", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

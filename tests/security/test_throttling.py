@@ -357,3 +357,15 @@ def test_retry_after_is_when_the_next_request_passes(limit, elapsed, previous, c
 
     assert passes(wait)
     assert wait == 0 or not passes(wait - 0.5)
+
+
+def test_attempts_refused_for_their_address_do_not_use_up_the_account(user, rates):
+    """Someone hammering Alice's account from one address is stopped there, and Alice (from
+    elsewhere) still has her own attempts."""
+    rates(login_account="3/min", login_address="2/min")
+    for _ in range(2):
+        assert login("alice@example.com", "wrong", address="10.8.0.1").status_code == 401
+    for _ in range(5):
+        assert_throttled(login("alice@example.com", "wrong", address="10.8.0.1"))
+    assert login("alice@example.com", address="10.8.0.2").status_code == 200  # attempt 3 of 3
+    assert_throttled(login("alice@example.com", address="10.8.0.3"))
