@@ -6,6 +6,7 @@ dead-letter consumer and `manage.py setup_broker` all declare the whole topology
 """
 
 import contextlib
+from typing import Any
 
 from kombu import Connection
 
@@ -25,7 +26,7 @@ def queue_depths(connection: Connection, names: list[str]) -> dict[str, int | No
     """Ready messages in each queue (None where the queue does not exist or cannot be read)."""
     depths: dict[str, int | None] = {}
     for name in names:
-        channel = connection.channel()
+        channel: Any = connection.channel()
         try:
             _, messages, _ = channel.queue_declare(queue=name, passive=True)
             depths[name] = int(messages)

@@ -31,7 +31,9 @@ def deliver(task: Task, *, redelivered: bool = False, dispatch_id: str | None = 
 
 def release_when_due(task: Task) -> None:
     task.refresh_from_db()
-    wait_for(lambda: timezone.now() >= task.run_at, timeout=5, what="the retry wait")
+    run_at = task.run_at
+    assert run_at is not None
+    wait_for(lambda: timezone.now() >= run_at, timeout=5, what="the retry wait")
     assert services.release_due_tasks() >= 1
 
 
@@ -111,6 +113,7 @@ def test_a_handler_can_choose_its_retry_wait(user):
     before = timezone.now()
     assert deliver(task).status == S.RETRYING
     task.refresh_from_db()
+    assert task.run_at is not None
     assert before + timedelta(seconds=119) < task.run_at < before + timedelta(seconds=122)
 
 
@@ -199,7 +202,9 @@ def test_a_late_finish_of_a_settled_attempt_changes_nothing(user):
     deliver_claim = Task.objects.filter(id=task.id)
     deliver_claim.update(status=S.RUNNING, attempts=1)
     TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
-    assert attempt_lost(task_id=task.id, attempt=1, reason="reaped").status == S.RETRYING
+    first = attempt_lost(task_id=task.id, attempt=1, reason="reaped")
+    assert first is not None
+    assert first.status == S.RETRYING
     # The attempt's worker wakes up and tries to record its end: refused, attempt 1 is settled.
     assert attempt_lost(task_id=task.id, attempt=1, reason="again") is None
     task.refresh_from_db()
