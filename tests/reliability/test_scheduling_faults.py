@@ -33,7 +33,7 @@ def test_two_beats_release_each_postponed_task_once(user, broker):
     assert_each_succeeded_once(ids)
     releases = TaskStatusChange.objects.filter(task_id__in=ids, note="released")
     assert releases.count() == 300
-    started = [s for s in Task.objects.filter(id__in=ids).values_list("started_at", flat=True)]
+    started = list(Task.objects.filter(id__in=ids).values_list("started_at", flat=True))
     assert all(s is not None and s >= run_at for s in started)
 
 
