@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework.request import Request
 
 from apps.accounts.models import User
-from apps.core.throttling import AddressRateThrottle, RateThrottle, _short_hash
+from apps.core.throttling import AddressRateThrottle, RateThrottle, key_part
 
 
 class LoginAccountThrottle(RateThrottle):
@@ -20,7 +20,7 @@ class LoginAccountThrottle(RateThrottle):
         email = data.get("email") if hasattr(data, "get") else None
         if not isinstance(email, str) or not email.strip():
             return None  # a 400 from the serializer, not an attempt on an account
-        return _short_hash(User.objects.normalize_email(email.strip()).lower())
+        return key_part(User.objects.normalize_email(email.strip()).lower())
 
 
 class LoginAddressThrottle(AddressRateThrottle):

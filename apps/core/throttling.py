@@ -3,8 +3,9 @@
 DRF's own SimpleRateThrottle keeps a list of timestamps per client and writes it back on every
 request: a read-modify-write that parallel requests all pass at once (a brute-force script only
 has to send its guesses concurrently), and a list of 1000 entries rewritten per request at
-1000/min. These count instead: one atomic INCR per request on a key of the current window, so
-that the n-th request in a window is refused however many arrive together.
+1000/min. These count instead: one atomic INCR per request on a key of the current window (and a
+read of the previous window's count), so that the n-th request is refused however many arrive
+together.
 
 A window of the rate's period has its own counter; a request counts the current window's
 requests plus the previous window's, weighted by how much of it still lies within the last period
@@ -45,7 +46,8 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), seconds
 
 
-def _short_hash(value: str) -> str:  # bounded, uniform key parts (emails, addresses)
+def key_part(value: str) -> str:
+    """A bounded, uniform cache key part for an email or an address."""
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
@@ -195,4 +197,4 @@ class AddressRateThrottle(RateThrottle):
     """Requests per client address; subclasses name the scope."""
 
     def ident(self, request: Request, view: Any) -> str | None:
-        return _short_hash(client_address(request))
+        return key_part(client_address(request))
