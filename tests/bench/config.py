@@ -42,23 +42,23 @@ class BenchConfig:
 
 QUICK = {
     "pipeline_n": 2000,
-    "api_seconds": 3.0,
+    "api_seconds": 2.0,
     "bulk_requests": 3,
     "bulk_size": 250,
     "latency_seconds": 3.0,
     "postponed_n": 200,
-    "postponed_spread": 5.0,
+    "postponed_spread": 3.0,
     "memory_total": 8000,
     "scale_rows": 50_000,
-    "read_samples": 20,
+    "read_samples": 15,
     "profile": False,
     "drain_backlog": False,
     "quiet_wait": 5.0,
     "publish_budget": 2.0,
-    "pipeline_budget": 4.0,
+    "pipeline_budget": 3.0,
     "drain_budget": 5.0,
     "bulk_budget": 4.0,
-    "memory_budget": 6.0,
+    "memory_budget": 4.0,
 }
 
 

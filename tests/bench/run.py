@@ -436,7 +436,7 @@ class Bench:
         from tests.bench import pipeline
 
         # Creating faster than the worker runs only makes a queue: keep ~5 s of work ahead.
-        ahead = max(200, int(5 * self.drain_rate)) if self.drain_rate else 1000
+        ahead = max(200, int(5 * self.drain_rate)) if self.drain_rate else 200
         result = pipeline.platform_pipeline(
             user=self.users["pipeline"],
             n=self.config.pipeline_n,
