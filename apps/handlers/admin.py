@@ -381,6 +381,9 @@ class TaskTypeAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
             obj.kind = TaskTypeKind.WEBHOOK
         services.task_type_save(task_type=obj)
 
+    def delete_model(self, request: HttpRequest, obj: TaskType) -> None:
+        services.task_type_delete(task_type=obj)
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A code type's row goes with its code; disable it to stop it.
         if obj is not None and obj.kind == TaskTypeKind.CODE:

@@ -46,6 +46,16 @@ def task_type_save(*, task_type: TaskType) -> TaskType:
     return task_type
 
 
+@transaction.atomic
+def task_type_delete(*, task_type: TaskType) -> None:
+    """Delete a webhook type. Its tasks held while it was disabled are made due, so that they do
+    not wait for ever: released, they fail as of an unknown type (a clear end, and retryable by
+    hand should the type come back)."""
+    task_type_release_held(name=task_type.name)
+    task_type.delete()
+    invalidate_task_types()
+
+
 def task_type_set_enabled(*, task_type: TaskType, enabled: bool) -> TaskType:
     task_type.enabled = enabled
     return task_type_save(task_type=task_type)

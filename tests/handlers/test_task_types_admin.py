@@ -283,14 +283,23 @@ def test_the_sync_adds_missing_code_types_and_keeps_staffs_edits(db):
     assert TaskType.objects.get(name="echo").queue == ""
 
 
-def test_code_types_cannot_be_deleted_webhook_types_can(staff, receiver):
+def test_code_types_cannot_be_deleted_webhook_types_can(staff, receiver, user):
     staff.get(LIST)
     assert staff.get(change_url("echo").replace("change", "delete")).status_code == 403
     assert "delete_selected" not in staff.get(LIST).context["action_form"].fields["action"].choices
     staff.post(ADD, webhook_form(receiver))
+    held = create(user, "invoices.paid", {"invoice": "INV-1"})
+    form_post(staff, change_url("invoices.paid"), enabled=False)
+    assert deliver(held).action == "held"
+
     delete = change_url("invoices.paid").replace("change", "delete")
     assert staff.post(delete, {"post": "yes"}).status_code == 302
+
     assert not TaskType.objects.filter(name="invoices.paid").exists()
+    # Its held task does not wait for ever: released, it fails as of an unknown type.
+    assert services.release_due_tasks() == 1
+    assert deliver(held).status == S.FAILED
+    assert held.error == "Unknown task type 'invoices.paid': no handler registered."
 
 
 def test_the_admin_says_when_rate_limits_are_not_enforced(staff, settings):

@@ -19,6 +19,8 @@ from apps.handlers.webhooks import retry_after_seconds
 from apps.tasks.models import Task, TaskAttempt
 from apps.tasks.states import TaskStatus
 from tests.handlers.runner import create, deliver, release
+from tests.support import processes
+from tests.support.wait import wait_for
 from tests.support.webhook_receiver import WebhookReceiver, webhook_receiver
 
 S = TaskStatus
@@ -248,3 +250,28 @@ def test_the_task_row_records_nothing_of_the_secret(db, user, receiver, api):
     assert SECRET not in str(detail)
     assert SECRET not in str(api.get("/api/task-types").json())
     assert Task.objects.filter(id=task.id, status=S.SUCCEEDED).exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_a_real_io_worker_posts_the_task_and_stores_the_answer(user, receiver, broker, api):
+    hook(receiver, "/flaky/e2e/1")  # one 503, then the answer
+    with processes.running("worker-io", "beat", SSRF_ALLOWED_NETWORKS="127.0.0.0/8") as started:
+        created = api.post(
+            "/api/tasks", {"type": "orders.created", "payload": {"order": 1}}, format="json"
+        )
+        assert created.status_code == 201, created.json()
+        task_id = created.json()["id"]
+        wait_for(
+            lambda: Task.objects.filter(id=task_id, status__in=[S.SUCCEEDED, S.FAILED]).exists(),
+            timeout=60,
+            what="the webhook task to finish",
+        )
+        logs = processes.dump_logs(started)
+
+    task = Task.objects.get(id=task_id)
+    assert task.status == S.SUCCEEDED, logs
+    assert task.result == {"echo": {"order": 1}, "attempt": 2}
+    assert all(r.signature_valid for r in receiver.received)
+    worker = TaskAttempt.objects.get(task=task, number=2).worker
+    assert worker.startswith("worker-io@")
