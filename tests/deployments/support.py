@@ -129,6 +129,11 @@ def _env_reads(tree: ast.AST) -> Iterator[str]:
             yield node.slice.value
 
 
+# The client library and CLI run on a user's machine, not in the deployment; their variables
+# (TASKFLOW_URL, TASKFLOW_TOKEN, ...) are documented in docs/client.md.
+CLIENT_SIDE = {Path("taskflow/client.py"), Path("taskflow/cli.py")}
+
+
 def variables_read_by_code() -> dict[str, set[str]]:
     """Environment variable -> the files of TaskFlow's processes that read it."""
     paths = [
@@ -138,7 +143,7 @@ def variables_read_by_code() -> dict[str, set[str]]:
     ]
     reads: dict[str, set[str]] = {}
     for path in paths:
-        if "migrations" in path.parts:
+        if "migrations" in path.parts or path.relative_to(ROOT) in CLIENT_SIDE:
             continue
         for name in _env_reads(ast.parse(path.read_text(), filename=str(path))):
             reads.setdefault(name, set()).add(str(path.relative_to(ROOT)))
