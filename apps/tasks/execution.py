@@ -314,23 +314,12 @@ def _retry_or_fail(
     )
     if row is None:
         return None
-    where = "AND t.attempts = %s"
+    to: TaskStatus
+    changes: dict[str, object] = {"lease_expires_at": None, "error": error}
     if row["cancel_requested_at"] is not None:
         # Someone asked to cancel while the attempt ran: honour it rather than try again.
-        moved = transition_one(
-            task_id=task_id,
-            to=S.CANCELLED,
-            allowed_from={S.RUNNING},
-            where=where,
-            where_params=(attempt,),
-            changes={
-                "finished_at": Sql("statement_timestamp()"),
-                "lease_expires_at": None,
-                "error": error,
-            },
-            attempt=AttemptFinish(outcome=outcome, error=error),
-            note=f"attempt {attempt} {outcome}: {error}; cancelled on request, not retried",
-        )
+        to, outcome_note = S.CANCELLED, "cancelled on request, not retried"
+        changes["finished_at"] = Sql("statement_timestamp()")
     elif row["retries"] < row["max_retries"]:
         retry_number = row["retries"] + 1
         spec = get_task_type(row["type"])  # the type's own backoff, else the platform's
@@ -344,38 +333,22 @@ def _retry_or_fail(
             )
         )
         run_at = timezone.now() + delay
-        moved = transition_one(
-            task_id=task_id,
-            to=S.RETRYING,
-            allowed_from={S.RUNNING},
-            where=where,
-            where_params=(attempt,),
-            changes={
-                "retries": Sql("t.retries + 1"),
-                "run_at": run_at,
-                "dispatch_id": None,
-                "lease_expires_at": None,
-                "error": error,
-            },
-            attempt=AttemptFinish(outcome=outcome, error=error),
-            note=f"attempt {attempt} {outcome}: {error}; retry {retry_number} of "
-            f"{row['max_retries']} at {run_at.isoformat()}",
-        )
+        to = S.RETRYING
+        outcome_note = f"retry {retry_number} of {row['max_retries']} at {run_at.isoformat()}"
+        changes.update({"retries": Sql("t.retries + 1"), "run_at": run_at, "dispatch_id": None})
     else:
-        moved = transition_one(
-            task_id=task_id,
-            to=S.FAILED,
-            allowed_from={S.RUNNING},
-            where=where,
-            where_params=(attempt,),
-            changes={
-                "finished_at": Sql("statement_timestamp()"),
-                "lease_expires_at": None,
-                "error": error,
-            },
-            attempt=AttemptFinish(outcome=outcome, error=error),
-            note=f"attempt {attempt} {outcome}: {error}; no retries left",
-        )
+        to, outcome_note = S.FAILED, "no retries left"
+        changes["finished_at"] = Sql("statement_timestamp()")
+    moved = transition_one(
+        task_id=task_id,
+        to=to,
+        allowed_from={S.RUNNING},
+        where="AND t.attempts = %s",
+        where_params=(attempt,),
+        changes=changes,
+        attempt=AttemptFinish(outcome=outcome, error=error),
+        note=f"attempt {attempt} {outcome}: {error}; {outcome_note}",
+    )
     if moved is None:
         return None
     return FailureOutcome(status=moved.task.status, dispatch_id=moved.task.dispatch_id)
