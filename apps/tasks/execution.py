@@ -66,7 +66,7 @@ def _lease_seconds(spec: TaskTypeSpec | None) -> int:
 
 
 def handle_delivery(
-    *, task_id: str, dispatch_id: str, redelivered: bool, worker: str
+    *, task_id: str, dispatch_id: str, redelivered: bool, worker: str, task_type: str = ""
 ) -> DeliveryOutcome:
     task = Task.objects.filter(id=task_id).only("id", "type", "status", "dispatch_id").first()
     if task is None:

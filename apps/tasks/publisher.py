@@ -31,6 +31,8 @@ class Dispatch:
     dispatch_id: uuid.UUID
     queue: str
     time_limit_seconds: int | None = None
+    # Carried in the message so that the worker can admit and claim without reading the row first.
+    task_type: str = ""
 
 
 def _publish(dispatch: Dispatch) -> bool:
@@ -42,7 +44,7 @@ def _publish(dispatch: Dispatch) -> bool:
         options["time_limit"] = dispatch.time_limit_seconds + HARD_LIMIT_MARGIN_SECONDS
     try:
         execute.apply_async(
-            args=[str(dispatch.task_id), str(dispatch.dispatch_id)],
+            args=[str(dispatch.task_id), str(dispatch.dispatch_id), dispatch.task_type],
             task_id=str(dispatch.dispatch_id),
             queue=dispatch.queue,
             routing_key=dispatch.queue,
@@ -85,6 +87,7 @@ def dispatch_for(task: Task) -> Dispatch:
         dispatch_id=task.dispatch_id,
         queue=task.queue,
         time_limit_seconds=spec.time_limit_seconds if spec else None,
+        task_type=task.type,
     )
 
 

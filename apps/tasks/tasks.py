@@ -24,12 +24,13 @@ DATABASE_AWAY_PAUSE_SECONDS = 1.0
     acks_on_timeout=False,
     ignore_result=True,
 )
-def execute(self: Any, task_id: str, dispatch_id: str) -> str:
+def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> str:
     delivery_info = self.request.delivery_info or {}
     try:
         outcome = execution.handle_delivery(
             task_id=task_id,
             dispatch_id=dispatch_id,
+            task_type=task_type,
             redelivered=bool(delivery_info.get("redelivered")),
             worker=f"{self.request.hostname}",
         )
