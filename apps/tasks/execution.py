@@ -68,16 +68,25 @@ def _lease_seconds(spec: TaskTypeSpec | None) -> int:
 def handle_delivery(
     *, task_id: str, dispatch_id: str, redelivered: bool, worker: str, task_type: str = ""
 ) -> DeliveryOutcome:
-    task = Task.objects.filter(id=task_id).only("id", "type", "status", "dispatch_id").first()
-    if task is None:
-        return DeliveryOutcome("dropped", note="no such task (deleted)")
-    spec = get_task_type(task.type)
-    if spec is not None and task.status == S.QUEUED and str(task.dispatch_id) == dispatch_id:
-        # The type's switches and limits, before the claim (a held task is not claimed).
-        held, spec = _admit(task_id=task_id, dispatch_id=dispatch_id, spec=spec)
-        if held is not None:
-            return held
-    claimed = _claim(task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker)
+    spec = get_task_type(task_type) if task_type else None
+    if spec is not None and spec.enabled and not spec.rate_limit:
+        # The common case: the message names an enabled type without a rate limit, so nothing
+        # needs the row before the claim (which checks the type too).
+        claimed = _claim(
+            task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker, task_type=task_type
+        )
+    else:
+        # An older message without its type, or a type that may hold the task: read the row.
+        task = Task.objects.filter(id=task_id).only("id", "type", "status", "dispatch_id").first()
+        if task is None:
+            return DeliveryOutcome("dropped", note="no such task (deleted)")
+        spec = get_task_type(task.type)
+        if spec is not None and task.status == S.QUEUED and str(task.dispatch_id) == dispatch_id:
+            # The type's switches and limits, before the claim (a held task is not claimed).
+            held, spec = _admit(task_id=task_id, dispatch_id=dispatch_id, spec=spec)
+            if held is not None:
+                return held
+        claimed = _claim(task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker)
     if claimed is not None:
         status = run_claimed(claimed.task, spec)
         return DeliveryOutcome("ran", status=status)
@@ -111,19 +120,26 @@ def handle_delivery(
 
 
 def _claim(
-    *, task_id: str, dispatch_id: str, spec: TaskTypeSpec | None, worker: str
+    *,
+    task_id: str,
+    dispatch_id: str,
+    spec: TaskTypeSpec | None,
+    worker: str,
+    task_type: str = "",
 ) -> Transitioned | None:
-    """queued -> running, if the message's dispatch is the row's (and, for a type with a
-    concurrency limit, if fewer than the limit are running: apps.handlers.limits)."""
+    """queued -> running, if the message's dispatch is the row's (and its type, when the message
+    names one; and, for a type with a concurrency limit, if fewer than the limit are running:
+    apps.handlers.limits)."""
     limit_where, limit_params = limits.concurrency_condition(spec) if spec else ("", ())
+    type_where, type_params = ("AND t.type = %s", (task_type,)) if task_type else ("", ())
 
     def claim() -> Transitioned | None:
         return transition_one(
             task_id=task_id,
             to=S.RUNNING,
             allowed_from={S.QUEUED},
-            where=f"AND t.dispatch_id = %s {limit_where}",
-            where_params=(dispatch_id, *limit_params),
+            where=f"AND t.dispatch_id = %s {type_where} {limit_where}",
+            where_params=(dispatch_id, *type_params, *limit_params),
             changes={
                 "attempts": Sql("t.attempts + 1"),
                 "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),

@@ -21,6 +21,7 @@ def deliver(task: Task, *, redelivered: bool = False) -> DeliveryOutcome:
     outcome = handle_delivery(
         task_id=str(task.id),
         dispatch_id=str(task.dispatch_id),
+        task_type=task.type,  # as the publisher's messages do
         redelivered=redelivered,
         worker="test-worker",
     )

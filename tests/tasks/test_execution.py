@@ -19,14 +19,41 @@ from tests.tasks.factories import create_task
 S = TaskStatus
 
 
+MESSAGE_FORMS = {"typed": True}
+
+
+@pytest.fixture(autouse=True, params=["typed", "untyped"])
+def message_form(request):
+    """Every test here runs with a message that names the task's type (what the publisher sends:
+    the claim needs no read first) and with an older message that does not."""
+    MESSAGE_FORMS["typed"] = request.param == "typed"
+    return request.param
+
+
 def deliver(task: Task, *, redelivered: bool = False, dispatch_id: str | None = None):
     task.refresh_from_db()
     return handle_delivery(
         task_id=str(task.id),
         dispatch_id=dispatch_id or str(task.dispatch_id),
+        task_type=task.type if MESSAGE_FORMS["typed"] else "",
         redelivered=redelivered,
         worker="test-worker",
     )
+
+
+def test_a_message_naming_another_type_does_not_run_the_task(user):
+    task = create_task(user, "echo", {"x": 1})
+    outcome = handle_delivery(
+        task_id=str(task.id),
+        dispatch_id=str(task.dispatch_id),
+        task_type="long_computation",
+        redelivered=False,
+        worker="test-worker",
+    )
+    assert outcome.action == "dropped"
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == (S.QUEUED, 0)
+    assert not TaskAttempt.objects.filter(task=task).exists()
 
 
 def release_when_due(task: Task) -> None:
