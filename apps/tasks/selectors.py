@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 import django_filters
+from django.db import connection
 from django.db.models import Prefetch, QuerySet
 
 from apps.accounts.models import User
@@ -13,7 +14,11 @@ from apps.tasks.states import TaskStatus
 
 
 class TaskFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=TaskStatus.choices)
+    # distinct=False: the filter joins nothing, so a row cannot appear twice, and django-filter's
+    # default SELECT DISTINCT over every column made PostgreSQL sort all the matching rows before
+    # the LIMIT (~30 ms at 1M rows for status=failed&type=fetch_url) instead of reading a page of
+    # the index task_owner_status_created in order.
+    status = django_filters.MultipleChoiceFilter(choices=TaskStatus.choices, distinct=False)
     type = django_filters.CharFilter(field_name="type")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
@@ -57,3 +62,21 @@ def task_get_with_history(*, user: User, task_id: uuid.UUID | str) -> Task:
     if task is None:
         raise NotFound("No such task.", code="task_not_found")
     return task
+
+
+def task_count_estimate() -> int | None:
+    """About how many rows the task table holds, without reading it: the planner's own estimate
+    (pg_class.reltuples, as of the last VACUUM or ANALYZE, scaled to the table's current size in
+    pages, as the planner scales it). None if the table was never analysed. A COUNT(*) reads the
+    whole table: 60-200 ms at 1M rows, and growing with it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT CASE WHEN c.reltuples < 0 THEN NULL"
+            " WHEN c.relpages = 0 THEN c.reltuples"
+            " ELSE c.reltuples / c.relpages"
+            " * (pg_relation_size(c.oid) / current_setting('block_size')::int) END"
+            " FROM pg_class c WHERE c.oid = %s::regclass",
+            [Task._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
