@@ -2,8 +2,7 @@
 # The list's indexes at 1M rows (docs/benchmarks.md, "Reads at 1,000,000 rows"). CONCURRENTLY: the
 # tasks table keeps taking writes while the indexes are built and dropped. The new ones first, so
 # that no read loses its index half-way. Dropped: the owner_id foreign key's own index (owner_id
-# leads task_owner_created), task_owner_active (nothing reads it since the active-task cap reads
-# the TaskCount rollup) and task_dead_lettered (replaced by task_owner_dead_lettered).
+# leads task_owner_created) and task_dead_lettered (replaced by task_owner_dead_lettered).
 
 from django.conf import settings
 from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
@@ -31,10 +30,6 @@ class Migration(migrations.Migration):
         RemoveIndexConcurrently(
             model_name='task',
             name='task_dead_lettered',
-        ),
-        RemoveIndexConcurrently(
-            model_name='task',
-            name='task_owner_active',
         ),
         migrations.SeparateDatabaseAndState(
             state_operations=[
