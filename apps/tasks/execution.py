@@ -149,6 +149,9 @@ def _claim(
             },
             attempt=AttemptStart(worker=worker),
             note=f"claimed by {worker}",
+            # A claim lost in a PostgreSQL crash leaves the task queued and its message
+            # unacknowledged: it is delivered again (docs/reliability.md). The finish waits.
+            wait_for_disk=False,
         )
 
     if not limit_where:

@@ -86,11 +86,17 @@ def transition(
     attempt: AttemptStart | AttemptFinish | None = None,
     actor_id: int | None = None,
     note: str = "",
+    wait_for_disk: bool = True,
 ) -> list[Transitioned]:
     """Move one task (`task_id`) or a batch of due waiting tasks (`due_batch`) to `to`.
 
     Only rows whose status is in `allowed_from` (and that match `where`) move; the caller learns
     which did from the returned list. Asking for a move the state machine forbids raises.
+
+    `wait_for_disk=False` commits without waiting for the WAL flush (synchronous_commit off for
+    this statement's transaction only), for a change whose loss in a PostgreSQL crash is safe:
+    the worker's claim (docs/reliability.md, "The claim's commit"). The change is visible to
+    everyone at once either way; the next synchronous commit flushes it too.
     """
     illegal = set(allowed_from) - sources_of(to)
     if illegal or not allowed_from:
@@ -130,8 +136,12 @@ def transition(
         )
         attempt_params = [attempt.outcome, attempt.error]
 
+    # Only a moved row makes the final SELECT read `cfg`, and so set the option.
+    no_wait_sql = (
+        "" if wait_for_disk else "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
+    )
     sql = f"""
-        WITH old AS ({select}),
+        WITH {no_wait_sql}old AS ({select}),
         upd AS (
             UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
             FROM old WHERE t.id = old.id AND old.status = ANY(%s) {where}
@@ -142,7 +152,7 @@ def transition(
                 (task_id, from_status, to_status, at, attempt, actor_id, note)
             SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, %s FROM upd
         ){attempt_sql}
-        SELECT * FROM upd
+        SELECT upd.* FROM upd{"" if wait_for_disk else ", cfg"}
     """
     params = [
         *select_params,

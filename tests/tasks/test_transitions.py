@@ -108,3 +108,43 @@ def test_two_concurrent_claims_only_one_wins(user):
         thread.join()
     assert sorted(winners) == [False] * 7 + [True]
     assert TaskStatusChange.objects.filter(task=task, to_status=S.RUNNING).count() == 1
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_move_that_need_not_wait_for_the_disk_turns_synchronous_commit_off_for_itself_only(
+    user,
+):
+    from django.db import transaction
+
+    first, second, untouched = (make_task(user) for _ in range(3))
+    with transaction.atomic():
+        moved = transition_one(
+            task_id=first.id, to=S.RUNNING, allowed_from={S.QUEUED}, wait_for_disk=False
+        )
+        assert moved is not None
+        assert _synchronous_commit() == "off"  # this transaction commits without the flush
+    assert _synchronous_commit() == "on"  # and the session is back to the default
+
+    with transaction.atomic():
+        assert transition_one(task_id=second.id, to=S.RUNNING, allowed_from={S.QUEUED})
+        assert _synchronous_commit() == "on"
+
+    with transaction.atomic():  # nothing moved: nothing to commit, the option is not set
+        assert (
+            transition_one(
+                task_id=untouched.id,
+                to=S.SUCCEEDED,
+                allowed_from={S.RUNNING},
+                wait_for_disk=False,
+            )
+            is None
+        )
+        assert _synchronous_commit() == "on"
+    first.refresh_from_db()
+    assert first.status == S.RUNNING
