@@ -43,6 +43,41 @@ def test_the_sql_histogram_buckets_are_the_python_ones():
             assert sum(vector) == 1
 
 
+def test_histogram_of_null_is_null_and_of_nan_is_all_zeros():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT monitoring_histogram(NULL), monitoring_histogram('NaN')")
+        empty, nan = cursor.fetchone()
+    assert empty is None
+    assert nan == [0] * len(HISTOGRAM_BOUNDS)
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ([1, 2, 3], [10, 20, 30], [11, 22, 33]),
+        ([1, 2, 3], [1], [2, 2, 3]),  # the shorter one counts as padded with zeros
+        ([1], [1, 2, 3], [2, 2, 3]),
+        ([1, None], [None, 5], [1, 5]),
+        (None, [4, 5], [4, 5]),
+        ([4, 5], None, [4, 5]),
+        ([], [], []),
+    ],
+)
+def test_array_add_adds_element_by_element(left, right, expected):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT monitoring_array_add(%s::bigint[], %s::bigint[])", [left, right])
+        assert cursor.fetchone()[0] == expected
+
+
+def test_array_sum_adds_the_arrays_of_a_column():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT monitoring_array_sum(v) FROM (VALUES (%s::bigint[]), (NULL), (%s)) AS t(v)",
+            [[1, 2], [3, 4, 5]],
+        )
+        assert cursor.fetchone()[0] == [4, 6, 5]
+
+
 def test_counts_follow_create_every_move_and_delete(user, other_user):
     echo = create_task(user, "echo", {"n": 1})
     create_task(user, "echo", {"n": 2}, run_at=timezone.now() + timedelta(hours=1))
