@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PORT ?= 8000
 
-.PHONY: install run test lint format typecheck migrate services superuser bench bench-quick clean browser flower
+.PHONY: install run test lint format typecheck migrate services superuser bench bench-quick soak clean browser flower
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench: $(BENCH_STAMP) services  ## the benchmark of docs/benchmarks.md (about 14
 
 bench-quick: $(BENCH_STAMP) services  ## the same, small (under 2 min)
 	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
+
+soak: $(BENCH_STAMP) services  ## 10 min of mixed load with random faults (docs/reliability.md); SOAK_ARGS=--help
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
