@@ -31,10 +31,36 @@ class TaskFilter(django_filters.FilterSet):
         fields = ["status", "type", "created_after", "created_before", "dead_lettered"]
 
 
+# The columns the list shows (apps.tasks.api.TaskListItemSerializer): not the payload and result
+# (up to MAX_PAYLOAD_BYTES each), nor the bookkeeping columns (dispatch, lease, idempotency).
+LIST_FIELDS = (
+    "id",
+    "type",
+    "status",
+    "queue",
+    "max_retries",
+    "retries",
+    "attempts",
+    "run_at",
+    "progress",
+    "progress_message",
+    "cancel_requested_at",
+    "error",
+    "dead_lettered_at",
+    "dead_letter_reason",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+)
+
+
 def task_list(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Task]:
     """The user's tasks, filtered. An invalid filter value is a 400, never "no filter at all"."""
-    queryset = Task.objects.filter(owner=user).defer("payload", "result")
-    filterset = TaskFilter(filters or {}, queryset=queryset)
+    queryset = Task.objects.filter(owner=user).only(*LIST_FIELDS)
+    if not filters or not any(name in filters for name in TaskFilter.base_filters):
+        return queryset  # no filter asked (a first or cursor page): no FilterSet and its form
+    filterset = TaskFilter(filters, queryset=queryset)
     if not filterset.is_valid():
         fields = {name: [str(m) for m in messages] for name, messages in filterset.errors.items()}
         raise ApplicationError(
