@@ -1,7 +1,9 @@
 """The tasks API: thin views, Input serializers to validate, services to act, Output to answer."""
 
+from datetime import UTC, datetime
 from typing import Any
 
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from drf_spectacular.types import OpenApiTypes
@@ -69,9 +71,44 @@ class TaskOutputSerializer(serializers.Serializer):
         return task.cancel_requested_at is not None
 
 
+def _iso(value: datetime | None) -> str | None:
+    """DRF's DateTimeField output in UTC: ISO 8601, "Z" for +00:00."""
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
+
+
 class TaskListItemSerializer(TaskOutputSerializer):
     payload = None  # type: ignore[assignment]
     result = None  # type: ignore[assignment]
+
+    def to_representation(self, task: Task) -> dict[str, Any]:
+        # The same dict as DRF's field-by-field to_representation (tests/tasks/test_reads.py
+        # compares them), in a fifth of the time: DRF's fields were a fifth of a list page's CPU
+        # at 1M rows (50-200 rows a page, six timestamps each). Only when answering in UTC.
+        if timezone.get_current_timezone_name() != "UTC":
+            return super().to_representation(task)
+        return {
+            "id": str(task.id),
+            "type": task.type,
+            "status": task.status,
+            "queue": task.queue,
+            "max_retries": task.max_retries,
+            "retries": task.retries,
+            "attempt_count": task.attempts,
+            "run_at": _iso(task.run_at),
+            "progress": task.progress,
+            "progress_message": task.progress_message,
+            "cancel_requested": task.cancel_requested_at is not None,
+            "error": task.error,
+            "dead_lettered_at": _iso(task.dead_lettered_at),
+            "dead_letter_reason": task.dead_letter_reason,
+            "created_at": _iso(task.created_at),
+            "updated_at": _iso(task.updated_at),
+            "started_at": _iso(task.started_at),
+            "finished_at": _iso(task.finished_at),
+        }
 
 
 class AttemptOutputSerializer(serializers.Serializer):
