@@ -53,13 +53,14 @@ class Faults:
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.rng.uniform(*self.gap)):
             kind = self.rng.choices(list(self.kinds), weights=list(self.kinds.values()))[0]
+            started = time.monotonic()
             try:
                 entry = self.inject(kind)
             except Exception as exc:  # a fault that could not be injected is reported, not fatal
                 self.errors.append(f"{kind}: {exc!r}")
                 print(f"  !! fault {kind} failed: {exc!r}", flush=True)
                 continue
-            entry = {"at_s": round(time.monotonic() - self.began, 1), "kind": kind, **entry}
+            entry = {"at_s": round(started - self.began, 1), "kind": kind, **entry}
             self.log.append(entry)
             details = ", ".join(f"{k} {v}" for k, v in entry.items() if k not in ("at_s", "kind"))
             print(f"  [{entry['at_s']:7.1f} s] fault: {kind} ({details})", flush=True)
