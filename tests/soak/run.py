@@ -425,6 +425,8 @@ class Soak:
             "failed_not_dead_lettered": len(not_dead_lettered),
             "succeeded_without_side_effect": len(missing_effect),
             "rerun_after_interrupted_attempt": len(rerun_after_interruption),
+            # Re-runs that no lost attempt explains (the reliability tests allow none of these).
+            "rerun_without_lost_attempt": sum(1 for r in rerun_after_interruption if not r["lost"]),
             "attempts": sum(attempts[t] for t in created),
             "lost_attempts": sum(lost_attempts[t] for t in created),
             "mails_received": len(self.smtp.messages),
@@ -469,7 +471,8 @@ class Soak:
             f"  failed, not dead-lettered {results['failed_not_dead_lettered']}",
             f"  succeeded, no side effect {results['succeeded_without_side_effect']}",
             "  re-run after an interrupted attempt (allowed) "
-            f"{results['rerun_after_interrupted_attempt']}",
+            f"{results['rerun_after_interrupted_attempt']}, of them with no lost attempt "
+            f"{results['rerun_without_lost_attempt']}",
             f"  attempts {results['attempts']}, of them lost {results['lost_attempts']}; "
             f"created without an answer {results['created_without_answer']}; "
             f"drain {results['drain_seconds']} s",
