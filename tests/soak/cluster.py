@@ -129,7 +129,8 @@ class Cluster:
                 except OSError:
                     continue
                 main = tree.pop(f"main {process.pid}", 0)
-                kids = sorted(tree.values())
+                # A pool process just killed is a zombie (no VmRSS) until the worker reaps it.
+                kids = sorted(rss for rss in tree.values() if rss > 0)
                 out[role] = {
                     "pid": process.pid,
                     "main_mb": round(main / MB, 1),
