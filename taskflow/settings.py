@@ -89,6 +89,13 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The task transitions (apps/tasks/transitions.py) run as prepared statements. Turn off behind a
+# connection pooler in transaction mode that cannot carry them (PgBouncer before 1.21).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+if DATABASE_PREPARED_STATEMENTS:
+    # psycopg prepares nothing while this is None (Django's default). A huge threshold: only what
+    # asks for it (prepare=True) is prepared; Django's own client-side-binding cursors never are.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 2**31 - 1
 # Lets two test runs on one machine keep separate test databases.
 DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -9,7 +9,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
+from django.db.backends.postgresql.base import ServerBindingCursor
 
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
 from apps.tasks.states import TaskStatus, sources_of
@@ -18,6 +20,29 @@ TASK_TABLE = Task._meta.db_table
 ATTEMPT_TABLE = TaskAttempt._meta.db_table
 HISTORY_TABLE = TaskStatusChange._meta.db_table
 _TASK_FIELDS = {str(field.column): field for field in Task._meta.concrete_fields}
+# Named, not `t.*`: a column added by a later migration must not change a prepared statement's
+# result type while old workers still run it.
+_RETURNED_COLUMNS = ", ".join(f"t.{column}" for column in _TASK_FIELDS)
+
+
+_ServerBindingCursor: Any = ServerBindingCursor  # untyped in the stubs
+
+
+class _PreparedCursor(_ServerBindingCursor):
+    """Server-side binding, and a prepared statement from the first execution: a transition is
+    a long statement that the worker runs twice a task, and PostgreSQL spent more time parsing and
+    planning it than executing it (docs/benchmarks.md)."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        return super().execute(query, params, prepare=True)
+
+
+def _cursor() -> Any:
+    if not settings.DATABASE_PREPARED_STATEMENTS:
+        return connection.cursor()
+    connection.ensure_connection()
+    # Django's own wrapper around it: query logging, error translation, transaction checks.
+    return connection._prepare_cursor(_PreparedCursor(connection.connection))  # type: ignore[attr-defined]
 
 
 class IllegalTransition(ValueError):
@@ -145,7 +170,7 @@ def transition(
         upd AS (
             UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
             FROM old WHERE t.id = old.id AND old.status = ANY(%s) {where}
-            RETURNING t.*, old.status AS previous_status
+            RETURNING {_RETURNED_COLUMNS}, old.status AS previous_status
         ),
         hist AS (
             INSERT INTO {HISTORY_TABLE}
@@ -165,7 +190,7 @@ def transition(
         note[:2000],
         *attempt_params,
     ]
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         names = [column.name for column in cursor.description]
         rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]

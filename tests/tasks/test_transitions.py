@@ -148,3 +148,42 @@ def test_a_move_that_need_not_wait_for_the_disk_turns_synchronous_commit_off_for
         assert _synchronous_commit() == "on"
     first.refresh_from_db()
     assert first.status == S.RUNNING
+
+
+def _prepared_transitions() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements "
+            "WHERE position('WITH old AS' in statement) > 0"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_transitions_run_as_prepared_statements(user, settings):
+    settings.DATABASE_PREPARED_STATEMENTS = True
+    before = _prepared_transitions()
+    for _ in range(3):
+        assert transition_one(task_id=make_task(user).id, to=S.RUNNING, allowed_from={S.QUEUED})
+    assert _prepared_transitions() == before + 1  # one statement, prepared once, run three times
+
+
+def test_without_prepared_statements_transitions_still_work(user, settings):
+    settings.DATABASE_PREPARED_STATEMENTS = False
+    before = _prepared_transitions()
+    task = make_task(user)
+    assert transition_one(task_id=task.id, to=S.CANCELLED, allowed_from={S.QUEUED}, note="x")
+    assert _prepared_transitions() == before
+    assert Task.objects.get(id=task.id).status == S.CANCELLED
+
+
+def test_a_prepared_transition_survives_a_column_added_by_a_later_migration(user, settings):
+    """Workers still running the old code keep their prepared statements while a new release
+    migrates: a statement returning `t.*` would then fail ("cached plan must not change result
+    type")."""
+    settings.DATABASE_PREPARED_STATEMENTS = True
+    assert transition_one(task_id=make_task(user).id, to=S.RUNNING, allowed_from={S.QUEUED})
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no pending FK checks before the DDL
+        cursor.execute("ALTER TABLE tasks_task ADD COLUMN added_later integer")  # rolled back
+    moved = transition_one(task_id=make_task(user).id, to=S.RUNNING, allowed_from={S.QUEUED})
+    assert moved is not None and moved.task.status == S.RUNNING
