@@ -17,8 +17,11 @@ accesslog = "-" if os.environ.get("ACCESS_LOG", "1") == "1" else None
 # gunicorn's default, less %(u)s: the user name of a Basic Authorization header. No part of any
 # Authorization header (nor any other request header but Referer and User-Agent) is logged.
 access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-max_requests = 5000
-max_requests_jitter = 500
+# A worker is replaced after this many requests (a guard against slow leaks). Every replacement
+# imports Django again (1-2 s of CPU) and serves its first requests cold: at 5000, /health alone
+# at 700 req/s replaced each worker every ~15 s (import frames were up to 16% of a profile).
+max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "50000"))
+max_requests_jitter = max_requests // 10
 
 # Prometheus' multiprocess mode: each worker process writes its HTTP metrics to files in this
 # directory, and /metrics (answered by any of them) adds up all the files. A fresh, empty

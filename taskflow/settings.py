@@ -88,7 +88,10 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/taskflow"),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# No `SELECT 1` before the first query of every request on a kept connection (a round trip per
+# request: 7-14% of POST /api/tasks in `make bench`). A connection PostgreSQL closed meanwhile (a
+# restart) fails that request with a 503 (apps.core.exceptions), and Django replaces it.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 # The task transitions (apps/tasks/transitions.py) run as prepared statements. Turn off behind a
 # connection pooler in transaction mode that cannot carry them (PgBouncer before 1.21).
 DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
@@ -185,6 +188,10 @@ REST_FRAMEWORK = {
     # otherwise pick any address it likes, and escape the per-address limits).
     "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
+
+# How long the user a JWT names is kept in the cache (apps.accounts.authentication): saving or
+# deleting the user drops it at once; 0 reads PostgreSQL on every request.
+AUTH_USER_CACHE_SECONDS = env.int("AUTH_USER_CACHE_SECONDS", default=60)
 
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env.int("JWT_ACCESS_LIFETIME_SECONDS", default=900)),

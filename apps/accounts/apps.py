@@ -7,4 +7,5 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
+        import apps.accounts.authentication
         import apps.accounts.schema  # noqa: F401  (registers the OpenAPI auth extension)

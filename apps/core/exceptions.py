@@ -3,15 +3,23 @@
 Every error answer looks like ``{"error": {"code": ..., "message": ..., "fields": {...}}}``.
 """
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait when the database did not answer (Retry-After).
+DATABASE_RETRY_AFTER_SECONDS = 1
 
 
 class ApplicationError(Exception):
@@ -96,6 +104,17 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(
             error_body("payload_too_large", "The request body is too large."),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is away, restarting, or cut this thread's connection (no ping before a
+        # reused connection's first query: CONN_HEALTH_CHECKS). Django closes the broken
+        # connection when the request ends, so asking again gets a new one: a 503, not a 500.
+        logger.warning("Database unavailable: %s", exc)
+        set_rollback()
+        return Response(
+            error_body("database_unavailable", "The database is unavailable; try again."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(

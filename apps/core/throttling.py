@@ -4,8 +4,8 @@ DRF's own SimpleRateThrottle keeps a list of timestamps per client and writes it
 request: a read-modify-write that parallel requests all pass at once (a brute-force script only
 has to send its guesses concurrently), and a list of 1000 entries rewritten per request at
 1000/min. These count instead: one atomic INCR per request on a key of the current window (and a
-read of the previous window's count), so that the n-th request is refused however many arrive
-together.
+read of the previous window's count, in the same round trip to Redis), so that the n-th request is
+refused however many arrive together.
 
 A window of the rate's period has its own counter; a request counts the current window's
 requests plus the previous window's, weighted by how much of it still lies within the last period
@@ -65,7 +65,8 @@ class _Breaker:
         with self._lock:
             if not self.is_open():
                 logger.warning(
-                    "Rate limits are off for %.0f s: the cache (Redis) did not answer",
+                    "Rate limits and cached users are off for %.0f s: the cache (Redis) did "
+                    "not answer",
                     FAIL_OPEN_SECONDS,
                 )
             self._open_until = time.monotonic() + FAIL_OPEN_SECONDS
@@ -77,25 +78,48 @@ class _Breaker:
 breaker = _Breaker()
 
 
-def count_hit(key: str, ttl: int) -> int | None:
-    """Add one to `key` (created with `ttl` seconds to live) and return the new count; None if the
-    cache did not answer."""
+def count_hit(key: str, ttl: int, previous_key: str) -> tuple[int, int] | None:
+    """Add one to `key` (created with `ttl` seconds to live) and read `previous_key`: (the new
+    count, the previous count), in one round trip to Redis; None if the cache did not answer."""
+    cache = caches["default"]
+    get_client = getattr(getattr(cache, "client", None), "get_client", None)
+    if get_client is None:  # not django-redis: the cache API, two round trips
+        return _count_hit_with_cache_api(key, ttl, previous_key)
+    try:
+        pipe = get_client(write=True).pipeline(transaction=False)
+        current = cache.make_key(key)
+        pipe.set(current, 0, ex=ttl, nx=True)  # the window's first request creates it, with a TTL
+        pipe.incr(current)
+        pipe.get(cache.make_key(previous_key))
+        _, count, previous = pipe.execute()
+    except Exception as exc:  # Redis away: the caller fails open
+        logger.debug("Rate limit count failed: %s", exc)
+        return None
+    try:
+        return int(count), int(previous or 0)
+    except ValueError:  # a value of another kind under the key: count nothing
+        return None
+
+
+def _count_hit_with_cache_api(key: str, ttl: int, previous_key: str) -> tuple[int, int] | None:
     cache = caches["default"]
     try:
         try:
             count = cache.incr(key)  # one round trip while the window's key exists
         except ValueError:  # no such key yet: the window's first request (or a racing first)
             added = cache.add(key, 1, ttl)
-            if added is None:  # django-redis with IGNORE_EXCEPTIONS: Redis did not answer
+            if added is None:  # a cache that swallows its errors did not answer
                 return None
             count = 1 if added else cache.incr(key)
     except ValueError:  # expired between add and incr (the window just ended): a first request
-        return 1
+        count = 1
     except Exception:  # a cache that does not swallow its connection errors
         logger.exception("Rate limit count failed")
         return None
-    # django-redis with IGNORE_EXCEPTIONS answers None when Redis is unreachable.
-    return count if isinstance(count, int) else None
+    if not isinstance(count, int):
+        return None
+    previous = cache.get(previous_key) or 0
+    return count, previous if isinstance(previous, int) else 0
 
 
 class RateThrottle(BaseThrottle):
@@ -127,13 +151,11 @@ class RateThrottle(BaseThrottle):
         window, into = divmod(now, period)
         key = f"throttle:{self.scope}:{ident}"
         current_key = f"{key}:{int(window)}"
-        current = count_hit(current_key, 2 * period + 1)
-        if current is None:
+        counts = count_hit(current_key, 2 * period + 1, f"{key}:{int(window) - 1}")
+        if counts is None:
             breaker.trip()
             return True
-        previous = caches["default"].get(f"{key}:{int(window) - 1}") or 0
-        if not isinstance(previous, int):
-            previous = 0
+        current, previous = counts
         # The previous window's count weighs what is left of it in the last `period` seconds.
         elapsed = into / period
         if previous * (1 - elapsed) + current <= limit:

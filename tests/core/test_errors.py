@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management import call_command
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from django.test import RequestFactory
 from django.urls import path
@@ -184,6 +185,8 @@ def test_handler_application_error():
         (exceptions.ParseError("bad json"), 400, "malformed_request"),
         (exceptions.APIException(), 500, "error"),
         (exceptions.APIException("Custom.", code="custom"), 500, "custom"),
+        (OperationalError("server closed the connection"), 503, "database_unavailable"),
+        (InterfaceError("connection already closed"), 503, "database_unavailable"),
     ],
 )
 def test_handler_gives_every_error_the_one_shape(exc, status, code):
