@@ -19,8 +19,8 @@ class AttemptOutcome(models.TextChoices):
 
 class Task(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    # No index of its own: owner_id leads task_owner_created and task_owner_status_created, which
-    # serve every look-up by owner (and ON DELETE CASCADE); a third index would only slow writes.
+    # No index of its own: owner_id leads task_owner_created, which serves every look-up by owner
+    # (and ON DELETE CASCADE); another index would only slow writes.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks", db_index=False
     )
@@ -80,8 +80,12 @@ class Task(models.Model):
             # The list filtered by one status (?status=failed, with or without &type=): in index
             # order too, however rare the status (else the list walks task_owner_created and
             # throws away the other statuses' rows: 97 ms p50 at 1M rows for failed + fetch_url).
+            # Without the succeeded rows (most of the table, and task_owner_created finds them
+            # at once): a tenth of the size, and a task's last UPDATE adds no entry to it.
             models.Index(
-                fields=["owner", "status", "-created_at", "-id"], name="task_owner_status_created"
+                fields=["owner", "status", "-created_at", "-id"],
+                name="task_owner_status_pending",
+                condition=~Q(status=TaskStatus.SUCCEEDED),
             ),
             # The admin's changelist and staff's views, all owners.
             models.Index(fields=["-created_at", "-id"], name="task_created"),
