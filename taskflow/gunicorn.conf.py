@@ -44,3 +44,11 @@ def child_exit(server: object, worker: Any) -> None:
 def on_exit(server: object) -> None:
     if not _metrics_dir_given:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    # The application is loaded: published_at is written by a thread of this worker, off the
+    # request path (apps.tasks.publisher.PublishedMarks).
+    from apps.tasks.publisher import marks
+
+    marks.start()

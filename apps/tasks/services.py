@@ -200,7 +200,7 @@ def task_create(
             task.save(force_insert=True)
             _creation_record(task, owner).save(force_insert=True)
             if task.status == S.QUEUED:
-                publisher.publish_on_commit([publisher.dispatch_for(task)])
+                publisher.publish_on_commit([publisher.dispatch_for(task)], mark_later=True)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -246,7 +246,7 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[Task]:
         Task.objects.bulk_create(tasks)
         TaskStatusChange.objects.bulk_create([_creation_record(t, owner) for t in tasks])
         publisher.publish_on_commit(
-            [publisher.dispatch_for(t) for t in tasks if t.status == S.QUEUED]
+            [publisher.dispatch_for(t) for t in tasks if t.status == S.QUEUED], mark_later=True
         )
     return tasks
 

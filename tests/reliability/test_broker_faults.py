@@ -6,6 +6,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from apps.tasks import publisher
 from apps.tasks.models import AttemptOutcome, Task, TaskAttempt
 from apps.tasks.states import TaskStatus
 from taskflow.celery import app as celery_app
@@ -51,6 +52,43 @@ def test_tasks_created_while_the_broker_is_cut_off_run_once_it_is_back(
         all_final(created)
     assert_each_succeeded_once(created)
     assert not TaskAttempt.objects.filter(task_id__in=created).exclude(number=1).exists()
+
+
+def test_a_bulk_whose_broker_is_cut_off_mid_publish_runs_once_it_is_back(
+    user, broker, rabbit_proxy, rabbitmq_vhost, monkeypatch
+):
+    """The connection dies in the middle of a 1000-message batch: what the broker did not
+    confirm stays unpublished, and the releaser publishes it again."""
+    api = APIClient()
+    api.force_authenticate(user)
+    sent = publisher._ConfirmChannel.sent
+    published = 0
+
+    def cut_at_the_400th(self: Any, dispatch: Any) -> None:
+        nonlocal published
+        published += 1
+        if published == 400:
+            rabbit_proxy.cut()
+        sent(self, dispatch)
+
+    monkeypatch.setattr(publisher._ConfirmChannel, "sent", cut_at_the_400th)
+    real_url = celery_app.conf.broker_url
+    use_broker(rabbit_proxy.url_for(real_url))
+    try:
+        items = [{"type": "echo", "payload": {"n": n}} for n in range(1000)]
+        response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+        assert response.status_code == 201, response.content
+        created = response.json()["ids"]
+        unpublished = Task.objects.filter(id__in=created, published_at__isnull=True).count()
+        assert unpublished >= 600  # at least every message after the cut
+        rabbit_proxy.restore()
+    finally:
+        use_broker(real_url)
+        monkeypatch.undo()
+
+    with processes.running("worker", "beat", WORKER_CONCURRENCY="2"):
+        all_final(created, timeout=240)
+    assert_each_succeeded_once(created)
 
 
 def test_workers_reconnect_by_themselves_after_the_broker_is_cut_off(

@@ -1,16 +1,21 @@
 """The row commits first, the message follows; a message the broker never took is sent again."""
 
+import subprocess
+import uuid
 from typing import Any
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
-from apps.tasks import services
+from apps.tasks import publisher, services
 from apps.tasks.models import Task
+from apps.tasks.publisher import Dispatch
 from apps.tasks.queues import TaskQueue
 from apps.tasks.states import TaskStatus
 from taskflow.celery import app as celery_app
 from tests.support.broker import use_broker
+from tests.support.wait import wait_for
 from tests.tasks.factories import create_task
 
 S = TaskStatus
@@ -101,3 +106,138 @@ def test_tasks_behind_a_backlog_are_not_published_again(user, broker):
     assert services.republish_lost(older_than_seconds=0) == 0
     first.refresh_from_db()
     assert first.status == S.QUEUED
+
+
+# --- batched publishing with publisher confirms ----------------------------------------------
+
+
+def _dispatches(count: int, *, queue: str = "default", **fields: Any) -> list[Dispatch]:
+    return [
+        Dispatch(task_id=uuid.uuid4(), dispatch_id=uuid.uuid4(), queue=queue, **fields)
+        for _ in range(count)
+    ]
+
+
+def _as_received(message: Any) -> tuple[Any, ...]:
+    properties = dict(message.properties)
+    return (
+        message.body,
+        properties,
+        message.delivery_info["exchange"],
+        message.delivery_info["routing_key"],
+    )
+
+
+@pytest.mark.parametrize("time_limit", [None, 60])
+def test_a_batched_message_is_what_apply_async_sends(broker, time_limit):
+    """Byte for byte: the worker cannot tell the batch publisher from Celery's apply_async."""
+    from apps.tasks.tasks import execute
+
+    dispatch = _dispatches(1, queue="io", time_limit_seconds=time_limit, task_type="echo")[0]
+    options: dict[str, Any] = {}
+    if time_limit:
+        options = {"soft_time_limit": time_limit + 5, "time_limit": time_limit + 30}
+    execute.apply_async(
+        args=[str(dispatch.task_id), str(dispatch.dispatch_id), "echo"],
+        task_id=str(dispatch.dispatch_id),
+        queue="io",
+        routing_key="io",
+        **options,
+    )
+    assert publisher.publish([dispatch]) == [dispatch]
+    celery_sent, ours = broker.get(TaskQueue.IO), broker.get(TaskQueue.IO)
+    assert _as_received(ours) == _as_received(celery_sent)
+    assert ours.headers["timelimit"] == (
+        [time_limit + 30, time_limit + 5]
+        if time_limit
+        else [settings.CELERY_TASK_TIME_LIMIT, settings.CELERY_TASK_SOFT_TIME_LIMIT]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_is_confirmed_and_marked_in_one_update(user, broker, django_assert_num_queries):
+    tasks = [create_task(user) for _ in range(3)]
+    broker.purge_all()
+    Task.objects.update(published_at=None)
+    dispatches = [publisher.dispatch_for(t) for t in tasks] + _dispatches(1200)
+    with django_assert_num_queries(1):
+        assert publisher.publish_now(dispatches) == 1203  # more than one confirm window
+    assert broker.depth(TaskQueue.DEFAULT) == 1203
+    assert not Task.objects.filter(published_at__isnull=True).exists()
+
+
+@pytest.fixture
+def queue_holding_two(rabbitmq_vhost: str) -> Any:
+    """A RabbitMQ policy: `default` takes 2 messages and refuses (nacks) what comes after."""
+    vhost = rabbitmq_vhost.rsplit("/", 1)[1]
+    policy = ["-p", vhost, "taskflow-test-maxlen"]
+    subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "set_policy",
+            *policy,
+            "^default$",
+            '{"max-length": 2, "overflow": "reject-publish"}',
+            "--apply-to",
+            "queues",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    yield
+    subprocess.run(
+        ["rabbitmqctl", "-q", "clear_policy", *policy], check=True, capture_output=True, timeout=60
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nacked_messages_stay_unpublished_and_are_published_again(user, broker, queue_holding_two):
+    def applied() -> bool:  # policies apply asynchronously
+        publisher.publish(_dispatches(3))
+        return broker.depth(TaskQueue.DEFAULT) == 2
+
+    wait_for(applied, what="the max-length policy")
+    broker.purge_all()
+    tasks = [create_task(user) for _ in range(5)]  # each published on its own: 2 taken
+    assert Task.objects.filter(published_at__isnull=False).count() == 2
+    broker.purge_all()
+    Task.objects.update(published_at=None)
+
+    assert publisher.publish_now([publisher.dispatch_for(t) for t in tasks]) == 2
+    assert Task.objects.filter(published_at__isnull=True).count() == 3  # the nacked ones
+    broker.purge_all()
+    assert services.republish_unconfirmed(older_than_seconds=0) == 2
+    assert Task.objects.filter(published_at__isnull=True).count() == 1
+
+
+@pytest.fixture
+def marks_in_a_thread() -> Any:
+    """As in a gunicorn worker (taskflow/gunicorn.conf.py): published_at written by a thread."""
+    publisher.marks.start()
+    yield publisher.marks
+    publisher.marks.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_web_process_marks_published_off_the_request(user, broker, marks_in_a_thread):
+    api = APIClient()
+    api.force_authenticate(user)
+    response = api.post("/api/tasks", {"type": "echo", "payload": {}}, format="json")
+    assert response.status_code == 201
+    items = [{"type": "echo", "payload": {"n": n}} for n in range(20)]
+    assert api.post("/api/tasks/bulk", {"tasks": items}, format="json").status_code == 201
+    assert broker.depth(TaskQueue.DEFAULT) == 21  # confirmed before the answer
+    wait_for(
+        lambda: not Task.objects.filter(published_at__isnull=True).exists(),
+        what="the thread to mark 21 tasks published",
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flushing_the_marks_writes_them_now(user, broker, marks_in_a_thread):
+    tasks = [create_task(user) for _ in range(2)]  # marked later, by the thread
+    marks_in_a_thread.flush()  # waits for a flush the thread may have begun
+    assert not Task.objects.filter(published_at__isnull=True).exists()
+    assert {t.id for t in tasks} == set(Task.objects.values_list("id", flat=True))
