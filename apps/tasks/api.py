@@ -274,22 +274,27 @@ class TaskBulkCreateApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        items, errors = [], {}
-        for index, raw in enumerate(data.validated_data["tasks"]):
-            item = self.ItemSerializer(data=raw)
-            if item.is_valid():
-                items.append(dict(item.validated_data))
-            else:
-                for field, messages in item.errors.items():
-                    errors[f"tasks[{index}].{field}"] = [str(m) for m in messages]
-        if errors:
+        # One serializer for the list (its fields are built once, not once per item).
+        items = self.ItemSerializer(many=True, data=data.validated_data["tasks"])
+        if not items.is_valid():
+            # DRF 3.18 gives {index: errors} for the bad items only; older ones a list of all.
+            found: Any = items.errors
+            by_index = found.items() if isinstance(found, dict) else enumerate(found)
+            errors = {
+                f"tasks[{index}].{field}": [str(m) for m in messages]
+                for index, item_errors in by_index
+                for field, messages in item_errors.items()
+            }
             first = next(iter(errors))
             raise ApplicationError(
                 f"Invalid input: {first}: {errors[first][0]} (nothing was created)",
                 code="validation_error",
                 fields=errors,
             )
-        tasks = services.task_create_bulk(owner=request.user, items=items)  # type: ignore[arg-type]
+        tasks = services.task_create_bulk(
+            owner=request.user,  # type: ignore[arg-type]
+            items=[dict(item) for item in items.validated_data],
+        )
         return Response(
             {"created": len(tasks), "ids": [str(t.id) for t in tasks]},
             status=status.HTTP_201_CREATED,

@@ -26,6 +26,7 @@ from apps.handlers.registry import (
 from apps.monitoring.models import TaskCount
 from apps.tasks import publisher
 from apps.tasks.models import Task, TaskStatusChange
+from apps.tasks.rows import copy_insert
 from apps.tasks.states import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -243,8 +244,8 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[Task]:
         )
     _check_active_cap(owner.id, adding=len(tasks))
     with transaction.atomic():
-        Task.objects.bulk_create(tasks)
-        TaskStatusChange.objects.bulk_create([_creation_record(t, owner) for t in tasks])
+        copy_insert(tasks)
+        copy_insert([_creation_record(t, owner) for t in tasks])
         publisher.publish_on_commit(
             [publisher.dispatch_for(t) for t in tasks if t.status == S.QUEUED], mark_later=True
         )

@@ -1,6 +1,7 @@
 """POST /api/tasks/bulk: all-or-nothing validation, one transaction, published after commit."""
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -62,3 +63,50 @@ def test_more_than_the_limit_is_400(api, settings):
     response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"tasks": ["Give 1 to 3 tasks."]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_rows_are_what_a_single_create_writes(api, user, broker):
+    """The bulk writes its rows with COPY: the same columns, defaults and triggers as an INSERT."""
+    from django.db.models import Sum
+
+    from apps.monitoring.models import TaskCount
+
+    later = (timezone.now() + timedelta(hours=1)).isoformat()
+    single = api.post(
+        "/api/tasks", {"type": "echo", "payload": {"a": [1, "é", None]}}, format="json"
+    )
+    items: list[dict[str, Any]] = [
+        {"type": "echo", "payload": {"a": [1, "é", None]}} for _ in range(99)
+    ]
+    items.append({"type": "echo", "payload": {}, "run_at": later, "max_retries": 5})
+    response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+    assert response.status_code == 201, response.content
+    ids = response.json()["ids"]
+
+    def row(task_id: str) -> dict[str, Any]:
+        values: dict[str, Any] = dict(Task.objects.filter(id=task_id).values().get())
+        for column in ("id", "dispatch_id", "created_at", "updated_at", "published_at"):
+            values.pop(column)
+        return values
+
+    assert row(ids[0]) == row(single.json()["id"])
+    postponed = Task.objects.get(id=ids[-1])
+    assert (postponed.status, postponed.max_retries, postponed.dispatch_id) == (
+        "postponed",
+        5,
+        None,
+    )
+    first = Task.objects.get(id=ids[0])
+    assert first.updated_at >= first.created_at
+    change = TaskStatusChange.objects.get(task_id=ids[0])
+    assert (change.from_status, change.to_status, change.note, change.actor_id) == (
+        "",
+        "queued",
+        "created",
+        user.id,
+    )
+    assert change.at == first.created_at
+    # The rollups' trigger saw the COPY (the statistics and the active-task cap read them).
+    counts = TaskCount.objects.filter(owner_id=user.id).values("status").annotate(n=Sum("n"))
+    assert {c["status"]: c["n"] for c in counts} == {"queued": 100, "postponed": 1}
