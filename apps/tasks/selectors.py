@@ -1,16 +1,37 @@
 """Task reads. A user sees only their own tasks; anything else is a 404."""
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import django_filters
+from django import forms
 from django.db import connection
 from django.db.models import Prefetch, QuerySet
+from django_filters.fields import IsoDateTimeField
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError, NotFound, validation_summary
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
 from apps.tasks.states import TaskStatus
+
+
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time, in UTC: ISO allows offsets up to ±23:59, PostgreSQL only ±15:59 (a
+    created_after=...-22:19 was a database error, a 500)."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError as exc:  # past year 9999 once in UTC
+            raise forms.ValidationError("Enter a valid date/time.", code="invalid") from exc
+
+
+class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
 
 
 class TaskFilter(django_filters.FilterSet):
@@ -20,8 +41,8 @@ class TaskFilter(django_filters.FilterSet):
     # the index task_owner_status_created in order.
     status = django_filters.MultipleChoiceFilter(choices=TaskStatus.choices, distinct=False)
     type = django_filters.CharFilter(field_name="type")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     dead_lettered = django_filters.BooleanFilter(
         field_name="dead_lettered_at", lookup_expr="isnull", exclude=True
     )

@@ -187,3 +187,16 @@ def test_list_items_are_what_drf_fields_make(user: User, settings):
     with timezone.override("Europe/Paris"):
         data = TaskListItemSerializer(full).data
     assert data["created_at"].endswith("+01:00") or data["created_at"].endswith("+02:00")
+
+
+def test_created_after_with_an_offset_postgresql_refuses_is_compared_in_utc(api: APIClient, tasks):
+    """ISO 8601 allows offsets up to ±23:59, PostgreSQL ±15:59: the filter compares in UTC (a
+    500 before), and a time past year 9999 once in UTC is a 400."""
+    far = api.get("/api/tasks", {"created_after": "8119-07-01T03:14:51.82572-22:19"})
+    assert far.status_code == 200, far.content
+    assert far.json()["results"] == []
+    past = api.get("/api/tasks", {"created_after": "2000-01-01T00:00:00-22:19"})
+    assert len(past.json()["results"]) == 9
+    beyond = api.get("/api/tasks", {"created_before": "9999-12-31T23:00:00-22:00"})
+    assert beyond.status_code == 400
+    assert beyond.json()["error"]["code"] == "validation_error"
