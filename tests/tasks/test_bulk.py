@@ -110,3 +110,12 @@ def test_bulk_rows_are_what_a_single_create_writes(api, user, broker):
     # The rollups' trigger saw the COPY (the statistics and the active-task cap read them).
     counts = TaskCount.objects.filter(owner_id=user.id).values("status").annotate(n=Sum("n"))
     assert {c["status"]: c["n"] for c in counts} == {"queued": 100, "postponed": 1}
+
+
+def test_an_item_that_is_not_an_object_is_named(api, user):
+    items: list[Any] = [{"type": "echo"}, "nope", {"type": "echo", "colour": "red"}]
+    response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]
+    assert set(fields) == {"tasks[1].non_field_errors", "tasks[2].colour"}
+    assert not Task.objects.exists()
