@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from apps.tasks.states import ACTIVE_STATES, TaskStatus
+from apps.tasks.states import TaskStatus
 
 
 class AttemptOutcome(models.TextChoices):
@@ -100,12 +100,6 @@ class Task(models.Model):
                 fields=["updated_at"],
                 name="task_unpublished",
                 condition=Q(status=TaskStatus.QUEUED, published_at__isnull=True),
-            ),
-            # The active-task cap's look-up (apps.tasks.services._check_active_cap).
-            models.Index(
-                fields=["owner"],
-                name="task_owner_active",
-                condition=Q(status__in=sorted(ACTIVE_STATES)),
             ),
             models.Index(
                 fields=["lease_expires_at"],
