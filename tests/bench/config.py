@@ -29,8 +29,8 @@ class BenchConfig:
     profile_seconds: float = 15.0
     # Time budgets (s): a section stops creating work when its budget is spent and reports the N it
     # reached, so that `make bench` ends in time on a slow or busy machine.
-    publish_budget: float = 20.0  # each bare Celery run's publishing
-    pipeline_budget: float = 30.0  # the platform pipeline's creating
+    publish_budget: float = 30.0  # each bare Celery run's publishing
+    pipeline_budget: float = 75.0  # the platform pipeline's creating
     drain_budget: float = 45.0  # the API phase's backlog
     bulk_budget: float = 30.0
     memory_budget: float = 240.0
