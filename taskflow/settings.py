@@ -336,6 +336,7 @@ LOGGING = {
     "filters": {
         "context": {"()": "apps.core.logging.ContextFilter"},
         "redact": {"()": "apps.core.logging.RedactFilter"},
+        "fail_open": {"()": "apps.core.logging.OneLineFailOpenFilter"},
     },
     "handlers": {
         "console": {
@@ -349,6 +350,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "amqp": {"level": "WARNING"},
         "kombu": {"level": "WARNING"},
+        "django_redis.cache": {"filters": ["fail_open"]},
     },
 }
 

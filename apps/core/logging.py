@@ -98,3 +98,17 @@ class RedactFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+class OneLineFailOpenFilter(logging.Filter):
+    """For django-redis's "Exception ignored" records (the cache fails open while Redis is down):
+    one WARNING line naming the error instead of a traceback per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = "Redis unavailable, going on without the cache: %s: %s"
+            record.args = (type(error).__name__, error)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
