@@ -261,11 +261,14 @@ def _item_errors(errors: Any) -> dict[str, list[str]] | None:
     was refused (not a list, empty)."""
     if not isinstance(errors, dict):  # DRF 3.18 gives {index: errors} for the bad items only
         return None
-    return {
-        f"tasks[{index}].{field}": [str(m) for m in messages]
-        for index, item_errors in errors.items()
-        for field, messages in item_errors.items()
-    }
+    fields: dict[str, list[str]] = {}
+    for index, item_errors in errors.items():
+        if isinstance(item_errors, dict):
+            for field, messages in item_errors.items():
+                fields[f"tasks[{index}].{field}"] = [str(m) for m in messages]
+        else:  # the item itself was refused (null): a list of messages
+            fields[f"tasks[{index}].non_field_errors"] = [str(m) for m in item_errors]
+    return fields
 
 
 class TaskBulkCreateApi(APIView):

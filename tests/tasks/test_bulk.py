@@ -119,3 +119,11 @@ def test_an_item_that_is_not_an_object_is_named(api, user):
     fields = response.json()["error"]["fields"]
     assert set(fields) == {"tasks[1].non_field_errors", "tasks[2].colour"}
     assert not Task.objects.exists()
+
+
+def test_a_null_item_is_named_not_a_500(api, user):
+    # Found by the schema fuzz test: {"tasks": [null]} was a 500.
+    response = api.post("/api/tasks/bulk", {"tasks": [{"type": "echo"}, None]}, format="json")
+    assert response.status_code == 400
+    assert set(response.json()["error"]["fields"]) == {"tasks[1].non_field_errors"}
+    assert not Task.objects.exists()
