@@ -48,18 +48,6 @@ def messages_of(response: Any) -> list[tuple[int, str]]:
     return [(m.level, m.message) for m in get_messages(response.wsgi_request)]
 
 
-@pytest.fixture
-def staff(db: Any) -> User:
-    return User.objects.create_superuser(email="staff@example.com", password="staff-password-1")
-
-
-@pytest.fixture
-def admin(staff: User) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
 # --- changelist: filters, search, object tools, query count -------------------------------------
 
 

@@ -56,18 +56,6 @@ def analyze_tasks() -> None:
 
 
 @pytest.fixture
-def staff(db: Any) -> User:
-    return User.objects.create_superuser(email="staff@example.com", password="staff-password-1")
-
-
-@pytest.fixture
-def admin(staff: User) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
 def tasks(user: User, other_user: User) -> list[Task]:
     now = timezone.now()
     made = [make_task(user, status=S.SUCCEEDED) for _ in range(5)]
