@@ -18,21 +18,10 @@ from apps.tasks.queues import TaskQueue
 from apps.tasks.schedules import RELEASE_SCHEDULE_NAME
 from apps.tasks.states import TaskStatus
 from tests.support.broker import BrokerProbe
+from tests.tasks.factories import make_task
 
 S = TaskStatus
 CHANGELIST = reverse("admin:tasks_task_changelist")
-
-
-def make_task(owner: User, status: str = S.QUEUED, type: str = "echo", **fields: Any) -> Task:
-    return Task.objects.create(
-        owner=owner,
-        type=type,
-        payload={"n": 1},
-        queue=TaskQueue.DEFAULT.value,
-        status=status,
-        dispatch_id=uuid.uuid4(),
-        **fields,
-    )
 
 
 def change_url(task: Task) -> str:

@@ -2,7 +2,6 @@
 from PostgreSQL's estimate when it is unfiltered (docs/benchmarks.md, "Reads at 1,000,000 rows")."""
 
 import re
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -20,24 +19,12 @@ from apps.tasks import admin as task_admin
 from apps.tasks import selectors
 from apps.tasks.api import TaskListItemSerializer
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
-from apps.tasks.queues import TaskQueue
 from apps.tasks.states import TaskStatus
+from tests.tasks.factories import make_task
 
 S = TaskStatus
 CHANGELIST = reverse("admin:tasks_task_changelist")
 COUNT = re.compile(r"\bCOUNT\(", re.IGNORECASE)
-
-
-def make_task(owner: User, status: str = S.SUCCEEDED, type: str = "echo", **fields: Any) -> Task:
-    return Task.objects.create(
-        owner=owner,
-        type=type,
-        payload={"n": 1},
-        queue=TaskQueue.DEFAULT.value,
-        status=status,
-        dispatch_id=uuid.uuid4(),
-        **fields,
-    )
 
 
 def whole_table_counts(queries: list[dict[str, Any]]) -> list[str]:

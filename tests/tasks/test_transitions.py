@@ -9,20 +9,9 @@ from django.db import connection
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import TRANSITIONS, TaskStatus
 from apps.tasks.transitions import IllegalTransition, transition, transition_one
+from tests.tasks.factories import make_task
 
 S = TaskStatus
-
-
-def make_task(owner, status=S.QUEUED, **fields) -> Task:
-    return Task.objects.create(
-        owner=owner,
-        type="echo",
-        payload={},
-        queue="default",
-        status=status,
-        dispatch_id=uuid.uuid4(),
-        **fields,
-    )
 
 
 @pytest.mark.parametrize(
