@@ -13,7 +13,7 @@ from apps.monitoring.models import HISTOGRAM_BOUNDS, TaskCount, TaskMinuteStat, 
 from apps.tasks import execution, services
 from apps.tasks.models import Task
 from apps.tasks.states import TaskStatus
-from tests.tasks.factories import create_task
+from tests.tasks.factories import create_task, make_task
 
 S = TaskStatus
 pytestmark = pytest.mark.django_db
@@ -259,3 +259,39 @@ def test_beat_folds_the_rollups_every_few_minutes(user):
     TaskMinuteStat.objects.update(minute=timezone.now() - timedelta(hours=5))
     assert monitoring_tasks.fold_rollups() > 0  # what the worker runs for beat
     assert TaskTotal.objects.get(type="echo").created == 1
+
+
+def _attempt_table_scans() -> tuple[int, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'tasks_taskattempt'"
+        )
+        seq, idx = cursor.fetchone()
+        return int(seq), int(idx)
+
+
+def test_the_update_trigger_probes_attempts_and_never_reads_the_whole_attempt_table(user):
+    # Migration 0006. Joined plainly, the trigger's attempt lookup could be planned as a hash of
+    # the whole attempt table: 8 ms a status change at 15,000 attempts in a worker's session. A
+    # statement moving 300 running tasks makes that plan the cheapest for a plain join here; the
+    # trigger must still probe, one attempt per moved row. Before 0006 this statement also
+    # crashed the PostgreSQL backend (a double free aggregating PL/pgSQL histograms).
+    running = [make_task(user, status=S.RUNNING, attempts=1) for _ in range(300)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO tasks_taskattempt "
+            "(task_id, number, outcome, worker, started_at, finished_at, error) "
+            "SELECT id, 1, 'succeeded', 'w', now() - interval '2 seconds', now(), '' "
+            "FROM tasks_task WHERE id = ANY(%s)",
+            [[t.id for t in running]],
+        )
+        cursor.execute("ANALYZE tasks_taskattempt")
+    seq_before, idx_before = _attempt_table_scans()
+    assert Task.objects.filter(id__in=[t.id for t in running]).update(status=S.SUCCEEDED) == 300
+    seq_after, idx_after = _attempt_table_scans()
+    assert seq_after == seq_before
+    assert idx_after - idx_before >= 300  # one probe per moved row
+    stats = TaskMinuteStat.objects.filter(owner_id=user.id)
+    assert sum(stats.values_list("run_count", flat=True)) == 300
+    assert 600 <= sum(stats.values_list("run_sum", flat=True)) < 900  # ~2 s each
