@@ -6,12 +6,13 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
@@ -96,9 +97,58 @@ class QueueFilter(admin.SimpleListFilter):
         return queryset.filter(queue=self.value()) if self.value() else queryset
 
 
+# The changelist's orderings on created_at and the primary key, with the NULLS placement of the
+# all-owners index task_admin_created (DESC NULLS LAST; ASC NULLS FIRST is the same index read
+# backwards). PostgreSQL's default (DESC NULLS FIRST) is the owner lists' order, which that index
+# does not give on purpose (apps/tasks/models.py): in that order the changelist would sort the
+# whole table for each page (0.7-2.3 s at 1M rows). Neither column is ever NULL: same rows, same
+# order.
+INDEXED_ORDERING = {
+    "-created_at": F("created_at").desc(nulls_last=True),
+    "created_at": F("created_at").asc(nulls_first=True),
+    "-pk": F("id").desc(nulls_last=True),
+    "pk": F("id").asc(nulls_first=True),
+    "-id": F("id").desc(nulls_last=True),
+    "id": F("id").asc(nulls_first=True),
+}
+
+
+class OwnerFilter(admin.SimpleListFilter):
+    """One owner's tasks, from a link or the owner's filter chip; staff find an owner by searching
+    their email. Lists the chosen owner only: Django's filter on the foreign key loaded and
+    printed every user on each page load (thousands of rows and links in production)."""
+
+    title = "owner"
+    parameter_name = "owner__id__exact"  # the name of Django's own filter: links keep working
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        if not value:
+            return []  # no choice shown, and none loaded
+        # Also for a value that is no user id: the filter then applies (no task), not dropped.
+        email = None
+        if value.isdigit():
+            email = User.objects.filter(id=int(value)).values_list("email", flat=True).first()
+        return [(value, email or f"user {value}")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit():
+            return queryset.none()
+        return queryset.filter(owner_id=int(value))
+
+
 class TaskChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
         return super().get_queryset(request, exclude_parameters).only(*LIST_FIELDS)
+
+    def get_ordering(self, request: HttpRequest, queryset: QuerySet[Task]) -> list[Any]:
+        ordering = super().get_ordering(request, queryset)
+        return [
+            INDEXED_ORDERING.get(part, part) if isinstance(part, str) else part for part in ordering
+        ]
 
 
 class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg,unused-ignore]
@@ -192,7 +242,7 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
         "finished_at",
         "dead_letter",
     ]
-    list_filter = ["status", TypeFilter, DeadLetteredFilter, QueueFilter, "created_at", "owner"]
+    list_filter = ["status", TypeFilter, DeadLetteredFilter, QueueFilter, "created_at", OwnerFilter]
     # A task id (see get_search_results) or part of the owner's email.
     search_fields = ["owner__email"]
     search_help_text = "A task id, or part of the owner's email."
