@@ -9,7 +9,12 @@ deleting a user (the admin, a service, `user.save()`, a cascade) drops the entry
 after the commit, so a deactivated or deleted user's token is refused on the next request as
 before. Only a write that bypasses the model's signals (`QuerySet.update()`, raw SQL) waits up to
 AUTH_USER_CACHE_SECONDS; and with Redis away every request reads PostgreSQL again (Redis is not
-asked for a while after it failed to answer: the rate limits' breaker).
+asked for a while after it failed to answer: the rate limits' breaker). The cached user is read in
+the same round trip to Redis as the per-user rate count (apps.core.throttling).
+
+A verified access token is kept in the process (by its exact bytes) until it expires, so that a
+client's next requests skip decoding and verifying it again (an access token has no revocation
+list: only its expiry and the user's row decide, and both are checked on every request).
 """
 
 import logging
@@ -18,17 +23,19 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
-from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
+from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import Token
+from rest_framework_simplejwt.utils import aware_utcnow
 
 from apps.accounts.models import User
-from apps.core.throttling import breaker
+from apps.core.throttling import UserRateThrottle, breaker
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +59,26 @@ def _cache_client() -> Any:
     return client if hasattr(client, "get") and hasattr(client, "set") else cache
 
 
-def cached_user(user_id: Any) -> User | None:
-    """The user with this id (None if there is none), from the cache when it has it."""
+_NOT_READ: Any = object()
+
+
+def cached_user(user_id: Any, *, cached: Any = _NOT_READ) -> User | None:
+    """The user with this id (None if there is none), from the cache when it has it. `cached`:
+    the cache's value for the user, already read (UserRateThrottle.count_ahead)."""
     ttl = settings.AUTH_USER_CACHE_SECONDS
     key = _cache_key(user_id)
     client = _cache_client() if ttl > 0 else None
     if client is not None:
-        try:
-            values = client.get(key)
-        except Exception as exc:  # Redis away: PostgreSQL answers, and Redis is left alone a while
-            logger.debug("Cached user lookup failed: %s", exc)
-            breaker.trip()
-            client = None
-        else:
-            if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
-                return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
+        values = cached
+        if values is _NOT_READ:
+            try:
+                values = client.get(key)
+            except Exception as exc:  # Redis away: PostgreSQL answers, and Redis is left alone
+                logger.debug("Cached user lookup failed: %s", exc)
+                breaker.trip()
+                client = None
+        if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
+            return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
     user = User.objects.filter(pk=user_id).defer("password").first()
     if user is not None and client is not None:
         try:
@@ -110,9 +122,40 @@ class BearerOrBareJWTAuthentication(JWTAuthentication):
         # A session-style "Basic ..." header is someone else's business.
         if header.split()[:1] in ([b"Basic"], [b"basic"]):
             return None
-        return super().authenticate(request)
+        # simplejwt's authenticate, with the request at hand for get_user.
+        raw_token = self.get_raw_token(header)
+        if raw_token is None:
+            return None
+        validated_token = self.get_validated_token(raw_token)
+        try:
+            return self._get_user(validated_token, request), validated_token
+        except AuthenticationFailed:
+            UserRateThrottle.uncount_ahead(request)  # refused: the throttles never see it
+            raise
+
+    def get_validated_token(self, raw_token: bytes) -> Token:
+        # A token verified before, still unexpired, is not decoded and verified again: that was
+        # 6% of a create's CPU, for the same token on every request of a client. Only the exact
+        # bytes whose signature was verified match; an expired one is dropped and decoded again,
+        # which gives simplejwt's own error.
+        token = _verified_tokens.get(raw_token)
+        if token is not None:
+            try:
+                token.check_exp(current_time=aware_utcnow())
+            except TokenError:
+                _verified_tokens.pop(raw_token, None)
+            else:
+                return token
+        token = super().get_validated_token(raw_token)
+        if len(_verified_tokens) >= VERIFIED_TOKENS_KEPT:
+            _verified_tokens.clear()  # a bound, not an LRU: clients keep a token for minutes
+        _verified_tokens[raw_token] = token
+        return token
 
     def get_user(self, validated_token: Token) -> Any:
+        return self._get_user(validated_token, None)
+
+    def _get_user(self, validated_token: Token, request: Request | None) -> Any:
         # simplejwt's own get_user, with the row from the cache (its password-hash check, off
         # here, needs the hash: then the row is read as simplejwt reads it).
         if jwt_settings.CHECK_REVOKE_TOKEN:
@@ -124,7 +167,14 @@ class BearerOrBareJWTAuthentication(JWTAuthentication):
         # A signed token whose user_id the id column cannot hold ("abc", a list) is a 401 too,
         # not the ValueError of the lookup (a 500).
         try:
-            user = cached_user(user_id)
+            cached = _NOT_READ
+            if request is not None and settings.AUTH_USER_CACHE_SECONDS > 0:
+                # The user rate limit's count and the cached user: one round trip to Redis.
+                counted, value = UserRateThrottle.count_ahead(
+                    request, user_id, also_get=_cache_key(user_id)
+                )
+                cached = value if counted else _NOT_READ
+            user = cached_user(user_id, cached=cached)
         except (ValueError, TypeError, OverflowError, DjangoValidationError) as exc:
             raise AuthenticationFailed("User not found", code="user_not_found") from exc
         if user is None:
@@ -138,3 +188,15 @@ class BearerOrBareJWTAuthentication(JWTAuthentication):
             return super().get_user(validated_token)
         except (ValueError, TypeError, OverflowError, DjangoValidationError) as exc:
             raise AuthenticationFailed("User not found", code="user_not_found") from exc
+
+
+# Verified access tokens by their bytes (BearerOrBareJWTAuthentication.get_validated_token), per
+# process. Dropped when the JWT settings change (tests; a key rotation restarts the processes).
+VERIFIED_TOKENS_KEPT = 1024
+_verified_tokens: dict[bytes, Token] = {}
+
+
+@receiver(setting_changed, dispatch_uid="accounts.forget_verified_tokens")
+def _forget_verified_tokens(setting: str, **kwargs: Any) -> None:
+    if setting in ("SIMPLE_JWT", "SECRET_KEY"):
+        _verified_tokens.clear()

@@ -5,7 +5,9 @@ request: a read-modify-write that parallel requests all pass at once (a brute-fo
 has to send its guesses concurrently), and a list of 1000 entries rewritten per request at
 1000/min. These count instead: one atomic INCR per request on a key of the current window (and a
 read of the previous window's count, in the same round trip to Redis), so that the n-th request is
-refused however many arrive together.
+refused however many arrive together. The per-user count is made during the JWT authentication,
+in the round trip that reads the cached user (UserRateThrottle.count_ahead), on the views where
+every authenticated request reaches the throttle anyway.
 
 A window of the rate's period has its own counter; a request counts the current window's
 requests plus the previous window's, weighted by how much of it still lies within the last period
@@ -24,9 +26,11 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.cache import caches
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
@@ -78,25 +82,35 @@ class _Breaker:
 breaker = _Breaker()
 
 
-def count_hit(key: str, ttl: int, previous_key: str) -> tuple[int, int] | None:
+def count_hit(
+    key: str, ttl: int, previous_key: str, *, also_get: str | None = None
+) -> tuple[int, int, Any] | None:
     """Add one to `key` (created with `ttl` seconds to live) and read `previous_key`: (the new
-    count, the previous count), in one round trip to Redis; None if the cache did not answer."""
+    count, the previous count, the cached value of `also_get` or None), in one round trip to
+    Redis; None if the cache did not answer."""
     cache = caches["default"]
-    get_client = getattr(getattr(cache, "client", None), "get_client", None)
-    if get_client is None:  # not django-redis: the cache API, two round trips
-        return _count_hit_with_cache_api(key, ttl, previous_key)
+    client: Any = getattr(cache, "client", None)
+    get_client = getattr(client, "get_client", None)
+    if get_client is None:  # not django-redis: the cache API, two round trips (three)
+        counts = _count_hit_with_cache_api(key, ttl, previous_key)
+        if counts is None:
+            return None
+        return (*counts, cache.get(also_get) if also_get is not None else None)
     try:
         pipe = get_client(write=True).pipeline(transaction=False)
         current = cache.make_key(key)
         pipe.set(current, 0, ex=ttl, nx=True)  # the window's first request creates it, with a TTL
         pipe.incr(current)
         pipe.get(cache.make_key(previous_key))
-        _, count, previous = pipe.execute()
+        if also_get is not None:
+            pipe.get(cache.make_key(also_get))
+        _, count, previous, *also = pipe.execute()
+        value = client.decode(also[0]) if also and also[0] is not None else None
     except Exception as exc:  # Redis away: the caller fails open
         logger.debug("Rate limit count failed: %s", exc)
         return None
     try:
-        return int(count), int(previous or 0)
+        return int(count), int(previous or 0), value
     except ValueError:  # a value of another kind under the key: count nothing
         return None
 
@@ -147,26 +161,33 @@ class RateThrottle(BaseThrottle):
         if ident is None:
             return True
         limit, period = parse_rate(rate)
-        now = time.time()
-        window, into = divmod(now, period)
-        key = f"throttle:{self.scope}:{ident}"
-        current_key = f"{key}:{int(window)}"
-        counts = count_hit(current_key, 2 * period + 1, f"{key}:{int(window) - 1}")
+        ahead = _counted_ahead(request, self.scope)
+        counts: tuple[int, int, Any] | None
+        if ahead is not None and (ahead.ident, ahead.period) == (ident, period):
+            window, into, counts = ahead.window, ahead.into, ahead.counts
+        else:
+            window, into = divmod(time.time(), period)
+            counts = count_hit(*self._keys(ident, window, period))
         if counts is None:
             breaker.trip()
             return True
-        current, previous = counts
+        current, previous, _ = counts
         # The previous window's count weighs what is left of it in the last `period` seconds.
         elapsed = into / period
         if previous * (1 - elapsed) + current <= limit:
             return True
         # Refused, so not counted: Retry-After holds however often the client asks meanwhile.
         try:
-            caches["default"].decr(current_key)
+            caches["default"].decr(self._keys(ident, window, period)[0])
         except Exception:  # gone with its window, or Redis with it: nothing to take back
             logger.debug("Could not uncount a refused request", exc_info=True)
         self._wait = retry_after(limit, period, elapsed, previous, current - 1)
         return False
+
+    def _keys(self, ident: str, window: float, period: int) -> tuple[str, int, str]:
+        """(the window's counter, its time to live, the previous window's counter)."""
+        key = f"throttle:{self.scope}:{ident}"
+        return f"{key}:{int(window)}", 2 * period + 1, f"{key}:{int(window) - 1}"
 
     def wait(self) -> float | None:
         return None if self._wait is None else max(1.0, math.ceil(self._wait))
@@ -213,6 +234,84 @@ class UserRateThrottle(RateThrottle):
     def ident(self, request: Request, view: Any) -> str | None:
         user = request.user
         return str(user.pk) if user is not None and user.is_authenticated else None
+
+    @classmethod
+    def count_ahead(cls, request: Request, user_id: Any, *, also_get: str) -> tuple[bool, Any]:
+        """Count this request of user `user_id` now, while the authentication reads the user
+        from the cache (key `also_get`): one round trip to Redis for both, where they were two
+        (the second was 5% of a create's CPU). Returns (whether it was done, the cached value).
+
+        Only on a view that will run this throttle and whose permissions let any authenticated
+        user in: there, every request authenticated as `user_id` reaches the throttles, which take
+        this count as their own (`allow_request`), so each request is counted once, as before.
+        A request whose authentication then fails takes its count back (`uncount_ahead`)."""
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(cls.scope)
+        if view is None or not rate or breaker.is_open() or not _runs_throttle(view, cls):
+            return False, None
+        throttle = cls()
+        ident = str(user_id)
+        _, period = parse_rate(str(rate))
+        window, into = divmod(time.time(), period)
+        counts = count_hit(*throttle._keys(ident, window, period), also_get=also_get)
+        if counts is None:
+            breaker.trip()
+            return False, None
+        request._counted_ahead = _Ahead(cls.scope, ident, period, window, into, counts)  # type: ignore[attr-defined]
+        return True, counts[2]
+
+    @classmethod
+    def uncount_ahead(cls, request: Request) -> None:
+        ahead = _counted_ahead(request, cls.scope)
+        if ahead is None:
+            return
+        try:
+            caches["default"].decr(cls()._keys(ahead.ident, ahead.window, ahead.period)[0])
+        except Exception:
+            logger.debug("Could not uncount a request", exc_info=True)
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A request counted during its authentication (UserRateThrottle.count_ahead)."""
+
+    scope: str
+    ident: str
+    period: int
+    window: float
+    into: float
+    counts: tuple[int, int, Any]
+
+
+def _counted_ahead(request: Request, scope: str) -> _Ahead | None:
+    """The request's count made ahead for `scope`, taken (it serves once)."""
+    ahead = request.__dict__.get("_counted_ahead")
+    if ahead is None or ahead.scope != scope:
+        return None
+    del request.__dict__["_counted_ahead"]
+    return ahead
+
+
+# Permissions that any authenticated user passes: a view with only these reaches its throttles.
+_OPEN_TO_USERS = (IsAuthenticated, AllowAny)
+
+
+def _runs_throttle(view: Any, throttle: type[BaseThrottle]) -> bool:
+    """Whether every request authenticated on `view` reaches `throttle` (DRF's own order:
+    authentication, permissions, throttles; none of the three overridden by the view)."""
+    from rest_framework.views import APIView  # not at import: DRF's settings import this module
+
+    cls = type(view)
+    return (
+        isinstance(view, APIView)
+        and cls.initial is APIView.initial
+        and cls.get_permissions is APIView.get_permissions
+        and cls.check_permissions is APIView.check_permissions
+        and cls.get_throttles is APIView.get_throttles
+        and cls.check_throttles is APIView.check_throttles
+        and throttle in view.throttle_classes
+        and all(p in _OPEN_TO_USERS for p in view.permission_classes)
+    )
 
 
 class AddressRateThrottle(RateThrottle):

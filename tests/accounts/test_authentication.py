@@ -1,15 +1,22 @@
 """The user a JWT names comes from the cache (Redis), not a query per request; a change to the
 user (deactivated, deleted, demoted) is seen on the next request all the same."""
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import AccessToken
+from rest_framework_simplejwt.utils import aware_utcnow, datetime_from_epoch
 
+from apps.accounts import authentication
 from apps.accounts.models import User
 from tests.conftest import client_for
+from tests.support.wait import wait_for
 
 
 def queries_of(client: APIClient, path: str = "/api/me") -> tuple[Any, list[str]]:
@@ -85,3 +92,102 @@ def test_with_redis_away_the_user_is_read_from_postgresql(api: APIClient, user: 
     user.is_active = False
     user.save(update_fields=["is_active"])
     assert api.get("/api/me").status_code == 401
+
+
+# --- One round trip to Redis: the cached user and the user's rate count ---------------------
+
+
+@pytest.fixture
+def redis_gets(monkeypatch: Any) -> list[Any]:
+    """The keys read with a GET of their own from the cache (not in a pipeline)."""
+    client = caches["default"].client  # type: ignore[attr-defined]
+    real_get = client.get
+    keys: list[Any] = []
+
+    def get(key: Any, *args: Any, **kwargs: Any) -> Any:
+        keys.append(key)
+        return real_get(key, *args, **kwargs)
+
+    monkeypatch.setattr(client, "get", get)
+    return keys
+
+
+def user_rate(settings: Any, rate: str) -> None:
+    framework = settings.REST_FRAMEWORK
+    settings.REST_FRAMEWORK = {
+        **framework,
+        "DEFAULT_THROTTLE_RATES": {**framework["DEFAULT_THROTTLE_RATES"], "user": rate},
+    }
+
+
+@pytest.mark.parametrize("path", ["/api/me", "/api/tasks"])
+def test_the_cached_user_is_read_with_the_rate_count(
+    api: APIClient, user: User, settings: Any, redis_gets: list[Any], path: str
+):
+    """The user comes in the throttle's pipeline (no GET of its own), and each request is still
+    counted once: the fourth of three a minute is refused."""
+    user_rate(settings, "3/min")
+    assert api.get(path).status_code == 200  # reads PostgreSQL and caches the user
+    redis_gets.clear()
+    assert [api.get(path).status_code for _ in range(3)] == [200, 200, 429]
+    assert redis_gets == []
+
+
+def test_a_view_for_staff_only_reads_the_user_by_itself(user: User, settings: Any):
+    """Where a permission can refuse an authenticated user, the count stays with the throttle:
+    a refused request (403) is not counted."""
+    user_rate(settings, "2/min")
+    api = client_for(user)
+    staff_only = f"/api/monitoring/tasks/{uuid.uuid4()}"
+    assert [api.get(staff_only).status_code for _ in range(3)] == [403, 403, 403]
+    assert [api.get("/api/me").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_requests_refused_at_authentication_do_not_count(user: User, settings: Any):
+    user_rate(settings, "2/min")
+    api = client_for(user)
+    assert api.get("/api/me").status_code == 200
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert [api.get("/api/me").status_code for _ in range(3)] == [401, 401, 401]
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    assert [api.get("/api/me").status_code for _ in range(2)] == [200, 429]
+
+
+# --- Verified tokens are kept, until they expire -----------------------------------------------
+
+
+def test_a_kept_token_is_refused_once_it_expires(user: User):
+    token = AccessToken.for_user(user)
+    token.set_exp(lifetime=timedelta(seconds=5))
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/me").status_code == 200  # verified, and kept
+    assert str(token).encode() in authentication._verified_tokens
+    expires = datetime_from_epoch(token["exp"])
+    wait_for(lambda: aware_utcnow() > expires, timeout=15, what="the token to expire")
+    response = api.get("/api/me")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "token_not_valid"
+
+
+def test_only_the_exact_verified_token_is_kept(user: User):
+    token = str(AccessToken.for_user(user))
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/me").status_code == 200
+    assert token.encode() in authentication._verified_tokens
+    head, signature = token.rsplit(".", 1)
+    forged = f"{head}.{signature[:5]}{'B' if signature[5] == 'A' else 'A'}{signature[6:]}"
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {forged}")
+    response = other.get("/api/me")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "token_not_valid"
+
+
+def test_kept_tokens_are_dropped_when_the_signing_key_changes(api: APIClient, settings: Any):
+    assert api.get("/api/me").status_code == 200
+    settings.SIMPLE_JWT = {**settings.SIMPLE_JWT, "SIGNING_KEY": "another-key-" + "x" * 40}
+    assert authentication._verified_tokens == {}
