@@ -149,16 +149,16 @@ def bookkeeping_wait(conn: psycopg.Connection[Any], *, n: int) -> tuple[float, f
 
 def create_bulk(
     user: User, n: int, *, run_at: list[datetime] | None = None, batch: int = BATCH
-) -> list[Task]:
+) -> list[services.NewTask]:
     """n echo tasks through services.task_create_bulk, `batch` per call (each publishes after its
     commit)."""
-    created: list[Task] = []
+    created: list[services.NewTask] = []
     for first in range(0, n, batch):
         created += _bulk(user, range(first, min(n, first + batch)), run_at)
     return created
 
 
-def _bulk(user: User, numbers: range, run_at: list[datetime] | None) -> list[Task]:
+def _bulk(user: User, numbers: range, run_at: list[datetime] | None) -> list[services.NewTask]:
     items: list[dict[str, Any]] = []
     for number in numbers:
         item: dict[str, Any] = {"type": "echo", "payload": {"i": number}}

@@ -359,7 +359,9 @@ def test_an_idempotency_key_reused_with_another_body_is_409(api, second):
 
 def test_an_idempotency_key_replay_works_after_its_run_at_has_passed(api):
     """Regression: the repeat was refused with "run_at must be in the future" (a 400)."""
-    run_at = timezone.now() + timedelta(seconds=0.5)
+    # Far enough ahead that the first request arrives before it on a loaded machine (0.5 s did
+    # not: the first create failed with run_at already past), near enough to wait for.
+    run_at = timezone.now() + timedelta(seconds=3)
     body = {"type": "echo", "payload": {}, "run_at": run_at.isoformat()}
     first = api.post("/api/tasks", body, format="json", HTTP_IDEMPOTENCY_KEY="soon")
     assert first.status_code == 201, first.content

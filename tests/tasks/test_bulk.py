@@ -127,3 +127,110 @@ def test_a_null_item_is_named_not_a_500(api, user):
     assert response.status_code == 400
     assert set(response.json()["error"]["fields"]) == {"tasks[1].non_field_errors"}
     assert not Task.objects.exists()
+
+
+# --- the plain items' check, the rows without model instances, the service's own rules ----------
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "echo"},
+        {"type": "echo", "payload": {"a": [1, {"b": None}]}},
+        {"type": "echo", "payload": []},  # not an object: the service refuses it, as before
+        {"type": "echo", "payload": "text"},
+        {"type": "echo", "max_retries": 2},
+        {"type": "echo", "max_retries": None, "run_at": None},
+        {"type": "nope", "payload": {}, "max_retries": -1},
+        {"type": "x" * 100},
+    ],
+)
+def test_a_plain_item_is_what_the_item_serializer_gives(item):
+    from apps.tasks.api import TaskBulkItemSerializer, _plain_item
+
+    assert _plain_item(item) == dict(TaskBulkItemSerializer().run_validation(item))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        None,
+        "echo",
+        {"payload": {}},
+        {"type": "echo", "colour": "red"},
+        {"type": " echo"},
+        {"type": ""},
+        {"type": "x" * 101},
+        {"type": 5},
+        {"type": "echo", "payload": None},
+        {"type": "echo", "max_retries": True},
+        {"type": "echo", "max_retries": 2.0},
+        {"type": "echo", "max_retries": "2"},
+        {"type": "echo", "run_at": "2030-01-01T00:00:00Z"},
+    ],
+)
+def test_other_items_are_left_to_the_item_serializer(item):
+    from apps.tasks.api import _plain_item
+
+    assert _plain_item(item) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_copy_text_escapes_round_trip(api, user, broker):
+    """COPY's text format: a tab, a newline, a backslash and escaped JSON arrive as sent."""
+    payload = {"s": "tab\there\\back\nline\r", "q": 'quote " and \\u0041', "é": "ü"}
+    response = api.post(
+        "/api/tasks/bulk", {"tasks": [{"type": "echo", "payload": payload}]}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert Task.objects.get(id=response.json()["ids"][0]).payload == payload
+
+
+def test_the_service_refuses_what_a_single_create_refuses(user):
+    """task_create_bulk is also called without the API (the bench): its checks are its own."""
+    from apps.core.exceptions import ApplicationError
+    from apps.tasks import services
+
+    items: list[dict[str, Any]] = [
+        {"type": "echo", "payload": {"ok": 1}},
+        {"type": "long_computation", "payload": {"duration": -1}},
+        {"type": "echo", "payload": ["not", "an", "object"]},
+        {"type": "echo", "payload": {}, "max_retries": 10_000},
+        {"type": "echo", "payload": {}, "run_at": timezone.now() - timedelta(minutes=1)},
+        {"type": "echo", "payload": {"n": float("nan")}},
+        {"type": "nope", "payload": {}},
+    ]
+    with pytest.raises(ApplicationError) as caught:
+        services.task_create_bulk(owner=user, items=items)
+    fields = caught.value.fields
+    for index in range(1, 5):  # the same errors as a single create of the item
+        with pytest.raises(ApplicationError) as one:
+            services.task_create(owner=user, **items[index])
+        assert one.value.fields
+        for field, messages in one.value.fields.items():
+            assert fields[f"tasks[{index}].{field}"] == messages
+    assert set(fields) == {
+        "tasks[1].payload.duration",
+        "tasks[2].payload",
+        "tasks[3].max_retries",
+        "tasks[4].run_at",
+        "tasks[5].payload",
+        "tasks[6].type",
+    }
+    assert not Task.objects.exists()
+
+
+def test_the_service_answers_ids_and_states(user):
+    from apps.tasks import services
+
+    later = timezone.now() + timedelta(hours=1)
+    created = services.task_create_bulk(
+        owner=user,
+        items=[{"type": "echo", "payload": {}}, {"type": "echo", "payload": {}, "run_at": later}],
+    )
+    rows = {t.id: t for t in Task.objects.filter(owner=user)}
+    assert [(rows[c.id].status, rows[c.id].run_at, rows[c.id].dispatch_id) for c in created] == [
+        ("queued", None, created[0].dispatch_id),
+        ("postponed", later, None),
+    ]
+    assert [c.status for c in created] == ["queued", "postponed"]

@@ -1,31 +1,93 @@
 """A single create writes the task and its `created` history row in one INSERT statement: one
-round trip, atomic by itself (no BEGIN and COMMIT of its own)."""
+round trip, atomic by itself (no BEGIN and COMMIT of its own), that checks the owner's active-task
+cap too (no SELECT of its own)."""
 
 import uuid
+from contextlib import nullcontext
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
+from apps.core.exceptions import ApplicationError
 from apps.tasks import services
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import TaskStatus
 
 
+@pytest.fixture
+def logged_sql(monkeypatch: Any) -> None:
+    """The create's statement on a plain cursor: a prepared statement's text is not in Django's
+    captured queries (psycopg keeps no query text for it), and this test reads the text."""
+    monkeypatch.setattr(services, "prepared_cursor", connection.cursor)
+
+
 @pytest.mark.django_db(transaction=True)  # autocommit, as in gunicorn
-def test_a_create_is_one_statement_that_writes_the_task_and_its_history(user: Any, broker: Any):
+def test_a_create_is_one_statement_that_writes_the_task_and_its_history(
+    user: Any, broker: Any, logged_sql: None
+):
     with CaptureQueriesContext(connection) as captured:
         task, created = services.task_create(owner=user, type="echo", payload={"n": 1})
     assert created
     writes = [q["sql"] for q in captured.captured_queries if "INSERT" in q["sql"].upper()]
     assert len(writes) == 1, writes
     assert "tasks_task" in writes[0] and "tasks_taskstatuschange" in writes[0]
+    assert "monitoring_taskcount" in writes[0]  # the cap, checked by the same statement
+    # Nothing else reads the database before the write (the task types are cached).
+    assert [q["sql"] for q in captured.captured_queries if "monitoring_taskcount" in q["sql"]] == [
+        writes[0]
+    ]
     stored = Task.objects.get(id=task.id)
     assert stored.status == TaskStatus.QUEUED and stored.created_at == task.created_at
     [record] = TaskStatusChange.objects.filter(task_id=task.id)
     assert (record.from_status, record.to_status, record.note) == ("", "queued", "created")
     assert record.at == task.created_at and record.actor_id == user.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_prepared_create_writes_what_the_orm_would(user: Any, broker: Any):
+    """The statement is prepared on the connection and run again with other values: each
+    create's row is the ORM's (a postponed task too: other parameter types, NULLs elsewhere)."""
+    later = timezone.now() + timedelta(hours=1)
+    made = [
+        services.task_create(owner=user, type="echo", payload={"n": n}, max_retries=n)[0]
+        for n in range(3)
+    ] + [services.task_create(owner=user, type="echo", payload={}, run_at=later)[0]]
+    written = [f.attname for f in Task._meta.concrete_fields if f.name != "published_at"]
+    for task in made:  # (published_at is marked after the publish, not by the INSERT)
+        stored = Task.objects.get(id=task.id)
+        assert {name: getattr(stored, name) for name in written} == {
+            name: getattr(task, name) for name in written
+        }
+    assert Task.objects.get(id=made[-1].id).status == TaskStatus.POSTPONED
+    assert TaskStatusChange.objects.filter(task__owner=user, note="created").count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_create_at_the_cap_writes_nothing_in_its_one_statement(
+    user: Any, broker: Any, settings: Any, logged_sql: None, in_transaction: bool
+):
+    settings.TASKFLOW = {**settings.TASKFLOW, "MAX_ACTIVE_TASKS_PER_USER": 2}
+    for n in range(2):
+        services.task_create(owner=user, type="echo", payload={"n": n})
+    with transaction.atomic() if in_transaction else nullcontext():
+        with (
+            CaptureQueriesContext(connection) as captured,
+            pytest.raises(ApplicationError) as refused,
+        ):
+            services.task_create(owner=user, type="echo", payload={"n": 2})
+        assert Task.objects.filter(owner=user).count() == 2  # a caller's transaction goes on
+    assert (refused.value.code, refused.value.status_code) == ("too_many_active_tasks", 429)
+    assert refused.value.extra == {"limit": 2}
+    statements = [q["sql"] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 1, statements
+    assert Task.objects.filter(owner=user).count() == 2
+    assert TaskStatusChange.objects.filter(task__owner=user).count() == 2
+    assert broker.depth("default") == 2  # only the two created were published
 
 
 @pytest.mark.django_db(transaction=True)
@@ -36,13 +98,14 @@ def test_a_lost_idempotency_race_inside_a_callers_transaction_leaves_it_usable(
     INSERT fails on the unique key, and the first task is answered; the caller's transaction
     goes on (the insert ran in a savepoint)."""
     key = f"k-{uuid.uuid4()}"
-    real_cap_check = services._check_active_cap
+    real_new_task = services._new_task
 
-    def concurrent_request_wins(owner_id: int, adding: int = 1) -> None:
-        monkeypatch.setattr(services, "_check_active_cap", real_cap_check)
+    def concurrent_request_wins(**kwargs: Any) -> Task:
+        monkeypatch.setattr(services, "_new_task", real_new_task)
         services.task_create(owner=user, type="echo", payload={}, idempotency_key=key)
+        return real_new_task(**kwargs)
 
-    monkeypatch.setattr(services, "_check_active_cap", concurrent_request_wins)
+    monkeypatch.setattr(services, "_new_task", concurrent_request_wins)
     with transaction.atomic():
         task, created = services.task_create(
             owner=user, type="echo", payload={}, idempotency_key=key

@@ -154,6 +154,34 @@ def test_a_batched_message_is_what_apply_async_sends(broker, time_limit):
     )
 
 
+def test_every_message_of_a_mixed_batch_is_what_apply_async_sends(broker):
+    """The batch publisher fills one message template per kind (queue, time limit, type) with
+    each dispatch's ids: every message is still apply_async's, with its own ids."""
+    from apps.tasks.tasks import execute
+
+    batch = [
+        *_dispatches(2, queue="io", task_type="echo"),
+        *_dispatches(1, queue="io", time_limit_seconds=60, task_type="fetch_url"),
+        *_dispatches(2, queue="io", task_type="long_computation"),
+    ]
+    for dispatch in batch:
+        limits: dict[str, Any] = {}
+        if dispatch.time_limit_seconds:
+            limits = {"soft_time_limit": 65, "time_limit": 90}
+        execute.apply_async(
+            args=[str(dispatch.task_id), str(dispatch.dispatch_id), dispatch.task_type],
+            task_id=str(dispatch.dispatch_id),
+            queue="io",
+            routing_key="io",
+            **limits,
+        )
+    assert publisher.publish(batch) == batch
+    celery_sent = [broker.get(TaskQueue.IO) for _ in batch]
+    ours = [broker.get(TaskQueue.IO) for _ in batch]
+    assert [_as_received(m) for m in ours] == [_as_received(m) for m in celery_sent]
+    assert [m.headers["id"] for m in ours] == [str(d.dispatch_id) for d in batch]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_batch_is_confirmed_and_marked_in_one_update(user, broker, django_assert_num_queries):
     tasks = [create_task(user) for _ in range(3)]
