@@ -82,14 +82,15 @@ def test_the_procfile_runs_tasks_end_to_end_and_stops_cleanly_on_sigterm(setting
             wait_for(lambda: _health(api) == 200, timeout=30, what="gunicorn to answer /health")
             api.login()
 
+            # Created first, so that no other create can use up its 2 s on a slow machine.
             run_at = datetime.now(tz=UTC) + timedelta(seconds=2)
             created = time.monotonic()
             tasks = {
-                "echo": api.create("echo", {"hello": "world"}),
-                "long": api.create("long_computation", {"duration": 1}),
                 "postponed": api.create(
                     "echo", {"later": True}, run_at=run_at.isoformat().replace("+00:00", "Z")
                 ),
+                "echo": api.create("echo", {"hello": "world"}),
+                "long": api.create("long_computation", {"duration": 1}),
                 "flaky": api.create("test_flaky", {"fail_times": 2}),
                 "permanent": api.create("test_permanent", {}),
             }

@@ -4,22 +4,22 @@ import signal
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import TaskStatus
 from tests.reliability.conftest import all_final, assert_each_succeeded_once
 from tests.support import processes
 from tests.support.wait import wait_for
-from tests.tasks.factories import create_task
+from tests.tasks.factories import create_postponed_tasks, create_task
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 S = TaskStatus
 
 
 def test_two_beats_release_each_postponed_task_once(user, broker):
-    run_at = timezone.now() + timedelta(seconds=4)
-    tasks = [create_task(user, "echo", {"n": n}, run_at=run_at) for n in range(300)]
+    tasks, run_at = create_postponed_tasks(
+        user, "echo", ({"n": n} for n in range(300)), due_in=timedelta(seconds=4)
+    )
     ids = [t.id for t in tasks]
     env = processes.test_environment(WORKER_CONCURRENCY="3")
     with processes.running("worker", WORKER_CONCURRENCY="3"):
@@ -61,8 +61,9 @@ def test_a_retry_wait_survives_a_killed_worker_and_a_restarted_beat(user, broker
 
 def test_sigterm_to_beat_and_the_dead_letter_consumer_under_load_loses_nothing(user, broker):
     env = processes.test_environment(WORKER_CONCURRENCY="2")
-    soon = timezone.now() + timedelta(seconds=2)
-    good = [create_task(user, "echo", {"n": n}, run_at=soon) for n in range(100)]
+    good, _ = create_postponed_tasks(
+        user, "echo", ({"n": n} for n in range(100)), due_in=timedelta(seconds=2)
+    )
     bad = [create_task(user, "test_permanent", {"n": n}) for n in range(30)]
     with processes.running("worker", WORKER_CONCURRENCY="2"):
         beat = processes.start("beat", env=env)
