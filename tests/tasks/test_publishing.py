@@ -1,6 +1,7 @@
 """The row commits first, the message follows; a message the broker never took is sent again."""
 
 import subprocess
+import threading
 import uuid
 from typing import Any
 
@@ -180,6 +181,53 @@ def test_every_message_of_a_mixed_batch_is_what_apply_async_sends(broker):
     ours = [broker.get(TaskQueue.IO) for _ in batch]
     assert [_as_received(m) for m in ours] == [_as_received(m) for m in celery_sent]
     assert [m.headers["id"] for m in ours] == [str(d.dispatch_id) for d in batch]
+
+
+def test_a_template_is_made_once_per_kind_and_thread_and_kept_across_publishes(broker, monkeypatch):
+    """A single create publishes one message: its template is kept with the channel for the next
+    create of the kind, in the same thread (Celery's reply_to is per thread), and every message is
+    still apply_async's from that thread, with its own ids."""
+    from apps.tasks.tasks import execute
+
+    made: list[threading.Thread] = []
+
+    class CountedTemplate(publisher._MessageTemplate):
+        def __init__(self, *args: Any) -> None:
+            made.append(threading.current_thread())
+            super().__init__(*args)
+
+    monkeypatch.setattr(publisher, "_MessageTemplate", CountedTemplate)
+    for _, confirms in list(publisher._confirm_channels.values()):
+        confirms.templates.clear()  # those of earlier tests
+
+    def send_both_ways(dispatch: Dispatch) -> None:
+        execute.apply_async(
+            args=[str(dispatch.task_id), str(dispatch.dispatch_id), "echo"],
+            task_id=str(dispatch.dispatch_id),
+            queue="io",
+            routing_key="io",
+        )
+        assert publisher.publish([dispatch]) == [dispatch]
+
+    first, second, third = _dispatches(3, queue="io", task_type="echo")
+    send_both_ways(first)
+    send_both_ways(second)
+    assert len(made) == 1
+    other = threading.Thread(target=send_both_ways, args=(third,))
+    other.start()
+    other.join()
+    assert made == [threading.current_thread(), other]
+
+    by_id: dict[str, list[Any]] = {}
+    for _ in range(6):
+        message = broker.get(TaskQueue.IO)
+        by_id.setdefault(message.headers["id"], []).append(message)
+    assert set(by_id) == {str(d.dispatch_id) for d in (first, second, third)}
+    for celery_sent, ours in by_id.values():
+        assert _as_received(ours) == _as_received(celery_sent)
+    reply_to = {key: messages[0].properties["reply_to"] for key, messages in by_id.items()}
+    assert reply_to[str(first.dispatch_id)] == reply_to[str(second.dispatch_id)]
+    assert reply_to[str(third.dispatch_id)] != reply_to[str(first.dispatch_id)]
 
 
 @pytest.mark.django_db(transaction=True)
