@@ -50,5 +50,7 @@ def post_worker_init(worker: Any) -> None:
     # The application is loaded: published_at is written by a thread of this worker, off the
     # request path (apps.tasks.publisher.PublishedMarks).
     from apps.tasks.publisher import marks
+    from taskflow.startup import freeze_loaded_objects
 
     marks.start()
+    freeze_loaded_objects()

@@ -1,0 +1,50 @@
+"""Once a web worker or a pool process has loaded the application, its objects are frozen out of
+the collector's full collections (taskflow/startup.py)."""
+
+import json
+import subprocess
+import sys
+
+from django.conf import settings
+
+PROBE = """
+import gc, json, runpy, django
+django.setup()
+hook = sys.argv[1]
+before = gc.get_freeze_count()
+if hook == "gunicorn":
+    runpy.run_path("taskflow/gunicorn.conf.py")["post_worker_init"](None)
+else:
+    from celery.signals import worker_process_init
+    from taskflow.celery import app  # noqa: F401  (connects the receiver)
+    worker_process_init.send(sender=None)
+print(json.dumps({"before": before, "frozen": gc.get_freeze_count(),
+                  "tracked": len(gc.get_objects())}))
+"""
+
+
+def _probe(hook: str) -> dict[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + PROBE, hook],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_gunicorn_worker_freezes_what_it_loaded():
+    counts = _probe("gunicorn")
+    assert counts["before"] == 0
+    # Django, DRF, Celery and the apps: tens of thousands of objects; few are left to walk.
+    assert counts["frozen"] > 20_000
+    assert counts["tracked"] < counts["frozen"] / 10
+
+
+def test_a_celery_pool_process_freezes_what_it_loaded():
+    counts = _probe("celery")
+    assert counts["before"] == 0
+    assert counts["frozen"] > 20_000
+    assert counts["tracked"] < counts["frozen"] / 10
