@@ -1,0 +1,64 @@
+"""gunicorn as the Procfile runs it: one listening socket per worker (WEB_REUSE_PORT), so that the
+kernel spreads keep-alive connections over the workers instead of the first to wake taking them."""
+
+import http.client
+import subprocess
+
+from tests.support import processes
+from tests.support.wait import wait_for
+
+WORKERS = 2
+CONNECTIONS = 16
+
+
+def _sockets(port: int, state: str) -> list[int]:
+    """The pid owning each TCP socket on `port` in `state` (iproute2's ss)."""
+    filter_ = ["state", state, f"( sport = :{port} )"]
+    out = subprocess.run(
+        ["ss", "-tnpH", *filter_], capture_output=True, text=True, check=True
+    ).stdout
+    pids = []
+    for line in out.splitlines():
+        _, _, users = line.partition("users:")
+        pids.append(int(users.split("pid=")[1].split(",")[0]))
+    return pids
+
+
+def _health(port: int) -> int | None:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", "/health")
+        return connection.getresponse().status
+    except OSError:
+        return None
+
+
+def test_each_worker_listens_and_keep_alive_connections_reach_both():
+    port = processes.free_port()
+    env = processes.test_environment(
+        PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY=str(WORKERS), WEB_THREADS="2"
+    )
+    web = processes.start("web", env=env)
+    opened: list[http.client.HTTPConnection] = []
+    try:
+        wait_for(lambda: _health(port) == 200, timeout=60, what="gunicorn to answer /health")
+        wait_for(lambda: len(set(_sockets(port, "listening"))) == WORKERS, what="both workers")
+        listeners = _sockets(port, "listening")
+        assert len(listeners) == WORKERS  # one socket each, none shared with the arbiter
+        assert web.pid not in listeners
+
+        for _ in range(CONNECTIONS):  # keep-alive: each stays open after its answer
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            opened.append(connection)
+        holders = _sockets(port, "established")
+        # All 16 on one of two sockets by chance: 2 in 65,536.
+        assert len(holders) == CONNECTIONS
+        assert set(holders) == set(listeners)
+    finally:
+        for connection in opened:
+            connection.close()
+        web.stop()
