@@ -50,6 +50,19 @@ class BenchWorld:
             with psycopg.connect(self.admin_database_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
+    def sessions(self) -> int | None:
+        """PostgreSQL sessions opened on the bench database so far (pg_stat_database, PG 14+):
+        the difference over a section is how many connections its processes opened."""
+        try:
+            with psycopg.connect(self.admin_database_url, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_clear_snapshot()")
+                row = conn.execute(
+                    "SELECT sessions FROM pg_stat_database WHERE datname = %s", (self.database,)
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return None if row is None or row[0] is None else int(row[0])
+
     def configure(self) -> None:
         """Point this process (Django, Celery) at the bench database and vhost."""
         os.environ.update(

@@ -57,6 +57,7 @@ class Bench:
         print(f"\n== {name}", flush=True)
         began = time.monotonic()
         cpu = self.cpu.snapshot()
+        sessions = self.world.sessions()
         try:
             yield
         except Exception as exc:
@@ -67,6 +68,11 @@ class Bench:
             self.report.durations[name] = round(time.monotonic() - began, 1)
             shares = self.cpu.shares(cpu)
             self.report.details.setdefault("cpu_share", {})[name] = shares
+            sessions_after = self.world.sessions()
+            if sessions is not None and sessions_after is not None:
+                # Long-lived processes connect once; a steady count means some process reconnects.
+                opened = sessions_after - sessions
+                self.report.details.setdefault("postgres_sessions", {})[name] = opened
             print(
                 f"  (CPU, share of {self.cpu.cores} cores: bench {shares['bench']:.0%}, "
                 f"services {shares['services']:.0%}, other processes {shares['others']:.0%})",
@@ -690,6 +696,8 @@ class Bench:
                 100 * shares["others"],
                 f"% of {self.cpu.cores} cores",
             )
+        for name, opened in self.report.details.get("postgres_sessions", {}).items():
+            self.report.add("machine", f"PostgreSQL connections opened during {name}", opened, "")
         return 0
 
     def close(self) -> None:
