@@ -56,7 +56,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) services  ## the benchmark of docs/benchmarks.md (about 14 min); BENCH_ARGS=--help
+bench: $(BENCH_STAMP) services  ## the benchmark of docs/benchmarks.md (about 8 min); BENCH_ARGS=--help
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 bench-quick: $(BENCH_STAMP) services  ## the same, small (under 2 min)
