@@ -25,12 +25,14 @@ def _sockets(port: int, state: str) -> list[int]:
 
 
 def _health(port: int) -> int | None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         connection.request("GET", "/health")
         return connection.getresponse().status
     except OSError:
         return None
+    finally:
+        connection.close()
 
 
 def test_each_worker_listens_and_keep_alive_connections_reach_both():
@@ -42,7 +44,11 @@ def test_each_worker_listens_and_keep_alive_connections_reach_both():
     opened: list[http.client.HTTPConnection] = []
     try:
         wait_for(lambda: _health(port) == 200, timeout=60, what="gunicorn to answer /health")
-        wait_for(lambda: len(set(_sockets(port, "listening"))) == WORKERS, what="both workers")
+        wait_for(
+            lambda: len(set(_sockets(port, "listening"))) == WORKERS,
+            timeout=60,
+            what="both workers listening",
+        )
         listeners = _sockets(port, "listening")
         assert len(listeners) == WORKERS  # one socket each, none shared with the arbiter
         assert web.pid not in listeners
