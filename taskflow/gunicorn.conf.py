@@ -10,13 +10,14 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
-# Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads new connections
-# over them. On one shared socket, whichever worker woke first accepted: a burst of 16 keep-alive
-# connections often all went to one worker, which then served them alone on one core (/health
-# 1,037 vs 2,773 req/s between two runs of the bench). Off (0) for a kernel without it. On Linux
-# >= 5.14, `sysctl net.ipv4.tcp_migrate_req=1` hands a stopping worker's queued connections to the
-# others instead of resetting them (docs/operations.md).
-reuse_port = os.environ.get("WEB_REUSE_PORT", "1") == "1"
+# WEB_REUSE_PORT=1: each worker listens on a socket of its own (SO_REUSEPORT) and the kernel
+# spreads new connections over them. On the one shared socket (the default), whichever worker
+# wakes first accepts: a burst of keep-alive connections can all land on one worker, which then
+# serves them alone on one core (docs/benchmarks.md, A12). Off by default because a stopping
+# worker (a deploy, WEB_MAX_REQUESTS) stops accepting on its own socket while the kernel still
+# queues new connections there, and resets them when it exits: ~7 reset connections per worker
+# stop at 1,700 new connections/s, unless the host sets net.ipv4.tcp_migrate_req=1 (Linux 5.14+).
+reuse_port = os.environ.get("WEB_REUSE_PORT", "0") == "1"
 keepalive = 5
 timeout = 30
 graceful_timeout = 20

@@ -1,5 +1,6 @@
-"""gunicorn as the Procfile runs it: one listening socket per worker (WEB_REUSE_PORT), so that the
-kernel spreads keep-alive connections over the workers instead of the first to wake taking them."""
+"""gunicorn as the Procfile runs it: one listening socket shared by the workers by default, or one
+per worker with WEB_REUSE_PORT=1, so that the kernel spreads keep-alive connections over the
+workers instead of the first to wake taking them (docs/scaling.md)."""
 
 import http.client
 import subprocess
@@ -35,12 +36,34 @@ def _health(port: int) -> int | None:
         connection.close()
 
 
-def test_each_worker_listens_and_keep_alive_connections_reach_both():
-    port = processes.free_port()
+def _start(port: int, reuse_port: str) -> processes.Process:
     env = processes.test_environment(
-        PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY=str(WORKERS), WEB_THREADS="2"
+        PORT=str(port),
+        HOST="127.0.0.1",
+        WEB_CONCURRENCY=str(WORKERS),
+        WEB_THREADS="2",
+        WEB_REUSE_PORT=reuse_port,
     )
-    web = processes.start("web", env=env)
+    return processes.start("web", env=env)
+
+
+def test_by_default_the_workers_share_one_listening_socket():
+    port = processes.free_port()
+    web = _start(port, "0")
+    try:
+        wait_for(lambda: _health(port) == 200, timeout=60, what="gunicorn to answer /health")
+        listening = subprocess.run(
+            ["ss", "-tlnpH", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert len(listening) == 1  # the arbiter's socket, inherited by every worker
+        assert f"pid={web.pid}," in listening[0]
+    finally:
+        web.stop()
+
+
+def test_with_reuse_port_each_worker_listens_and_keep_alive_connections_reach_both():
+    port = processes.free_port()
+    web = _start(port, "1")
     opened: list[http.client.HTTPConnection] = []
     try:
         wait_for(lambda: _health(port) == 200, timeout=60, what="gunicorn to answer /health")
