@@ -312,16 +312,21 @@ class Bench:
             script="post_task.lua",
             env={"BENCH_TOKEN": self.tokens["api"]},
         )
-        health = web.wrk(f"{self.base_url}/health", connections=connections, seconds=seconds)
-        create = web.wrk(
-            f"{self.base_url}/api/tasks",
-            connections=connections,
-            seconds=seconds,
-            script="post_task.lua",
-            env={"BENCH_TOKEN": self.tokens["api"]},
-        )
-        for result in (health, create):
+        # How the keep-alive connections fell on the gunicorn workers decides how many cores serve
+        # them (docs/benchmarks.md, A12): recorded with each run.
+        with web.ConnectionSplit(self.port, seconds / 2) as health_split:
+            health = web.wrk(f"{self.base_url}/health", connections=connections, seconds=seconds)
+        with web.ConnectionSplit(self.port, seconds / 2) as create_split:
+            create = web.wrk(
+                f"{self.base_url}/api/tasks",
+                connections=connections,
+                seconds=seconds,
+                script="post_task.lua",
+                env={"BENCH_TOKEN": self.tokens["api"]},
+            )
+        for result, split in ((health, health_split), (create, create_split)):
             result.pop("raw", None)
+            result["connections_per_worker"] = split.split
         self.report.details["api_health"] = health
         self.report.details["api_create"] = create
         section = f"api ({connections} conn)"
@@ -331,6 +336,13 @@ class Bench:
         self.report.add(section, "POST /api/tasks", create.get("requests_per_s"), "req/s")
         self.report.add(section, "POST /api/tasks p50", create.get("p50_ms"), "ms")
         self.report.under(section, "POST /api/tasks p99", create.get("p99_ms"), "ms", 50, "< 50 ms")
+        for name, split in (("GET /health", health_split), ("POST /api/tasks", create_split)):
+            self.report.add(
+                section,
+                f"{name}: connections on the busiest worker",
+                split.busiest_share(),
+                "%",
+            )
         errors = create.get("non_2xx", 0) + health.get("non_2xx", 0)
         if errors:
             self.report.add(

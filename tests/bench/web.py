@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,43 @@ def sample_get(client: httpx.Client, path: str, *, samples: int, warmup: int = 3
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies),
     }
+
+
+def connections_per_process(port: int) -> list[int]:
+    """How many established connections each process holds on the server side of `port`, most
+    first (iproute2's ss): how wrk's keep-alive connections fell on the gunicorn workers."""
+    done = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    counts: dict[int, int] = {}
+    for line in done.stdout.splitlines():
+        if "pid=" in line:
+            pid = int(line.split("pid=")[1].split(",")[0])
+            counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+class ConnectionSplit:
+    """Samples connections_per_process() once, `after` seconds into a wrk run."""
+
+    def __init__(self, port: int, after: float) -> None:
+        self.split: list[int] = []
+        self._timer = threading.Timer(after, self._sample, args=(port,))
+
+    def _sample(self, port: int) -> None:
+        self.split = connections_per_process(port)
+
+    def __enter__(self) -> "ConnectionSplit":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._timer.join()
+
+    def busiest_share(self) -> float | None:
+        """Percent of the connections held by the busiest process (50 = even on two workers)."""
+        return 100 * self.split[0] / sum(self.split) if self.split else None
