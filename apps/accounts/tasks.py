@@ -1,11 +1,12 @@
 """beat's housekeeping for accounts: expired refresh tokens out of simplejwt's blacklist tables."""
 
-import json
 from typing import Any
 
 from celery import shared_task
 from celery.signals import beat_init
 from django.core.management import call_command
+
+from apps.core.schedules import ensure_periodic_task
 
 FLUSH_TOKENS_TASK_NAME = "accounts.flush_expired_tokens"
 FLUSH_TOKENS_SCHEDULE_NAME = "taskflow: flush expired tokens"
@@ -20,21 +21,12 @@ def flush_expired_tokens() -> None:
 
 
 def ensure_flush_tokens_schedule() -> None:
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-    interval, _ = IntervalSchedule.objects.get_or_create(
-        every=FLUSH_TOKENS_EVERY_HOURS, period=IntervalSchedule.HOURS
-    )
-    PeriodicTask.objects.update_or_create(
+    ensure_periodic_task(
         name=FLUSH_TOKENS_SCHEDULE_NAME,
-        defaults={
-            "task": FLUSH_TOKENS_TASK_NAME,
-            "interval": interval,
-            "queue": "maintenance",
-            "expire_seconds": 3600,  # a flush missed is done by the next one
-            "kwargs": json.dumps({}),
-            "enabled": True,
-        },
+        task=FLUSH_TOKENS_TASK_NAME,
+        every=FLUSH_TOKENS_EVERY_HOURS,
+        period="hours",
+        expire_seconds=3600,  # a flush missed is done by the next one
     )
 
 

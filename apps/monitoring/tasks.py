@@ -1,13 +1,13 @@
 """Celery side of monitoring: the rollup fold that beat runs, and the task context on worker log
 lines (task_id, task_type, attempt; see apps.core.logging)."""
 
-import json
 from typing import Any
 
 from celery import shared_task
 from celery.signals import beat_init, task_postrun, task_prerun
 
 from apps.core.logging import bind_log_context, clear_log_context
+from apps.core.schedules import ensure_periodic_task
 from apps.monitoring import rollups
 
 FOLD_TASK_NAME = "monitoring.fold_rollups"
@@ -21,21 +21,12 @@ def fold_rollups() -> int:
 
 
 def ensure_fold_schedule() -> None:
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-    interval, _ = IntervalSchedule.objects.get_or_create(
-        every=FOLD_EVERY_SECONDS, period=IntervalSchedule.SECONDS
-    )
-    PeriodicTask.objects.update_or_create(
+    ensure_periodic_task(
         name=FOLD_SCHEDULE_NAME,
-        defaults={
-            "task": FOLD_TASK_NAME,
-            "interval": interval,
-            "queue": "maintenance",
-            "expire_seconds": FOLD_EVERY_SECONDS,
-            "kwargs": json.dumps({}),
-            "enabled": True,
-        },
+        task=FOLD_TASK_NAME,
+        every=FOLD_EVERY_SECONDS,
+        period="seconds",
+        expire_seconds=FOLD_EVERY_SECONDS,
     )
 
 
