@@ -129,22 +129,28 @@ def _as_received(message: Any) -> tuple[Any, ...]:
     )
 
 
+def _send_with_celery(dispatch: Dispatch, **limits: Any) -> None:
+    """What Celery itself sends for `dispatch` (on the io queue), to compare ours with."""
+    from apps.tasks.tasks import execute
+
+    execute.apply_async(
+        args=[str(dispatch.task_id), str(dispatch.dispatch_id), dispatch.task_type],
+        task_id=str(dispatch.dispatch_id),
+        queue="io",
+        routing_key="io",
+        **limits,
+    )
+
+
 @pytest.mark.parametrize("time_limit", [None, 60])
 def test_a_batched_message_is_what_apply_async_sends(broker, time_limit):
     """Byte for byte: the worker cannot tell the batch publisher from Celery's apply_async."""
-    from apps.tasks.tasks import execute
 
     dispatch = _dispatches(1, queue="io", time_limit_seconds=time_limit, task_type="echo")[0]
     options: dict[str, Any] = {}
     if time_limit:
         options = {"soft_time_limit": time_limit + 5, "time_limit": time_limit + 30}
-    execute.apply_async(
-        args=[str(dispatch.task_id), str(dispatch.dispatch_id), "echo"],
-        task_id=str(dispatch.dispatch_id),
-        queue="io",
-        routing_key="io",
-        **options,
-    )
+    _send_with_celery(dispatch, **options)
     assert publisher.publish([dispatch]) == [dispatch]
     celery_sent, ours = broker.get(TaskQueue.IO), broker.get(TaskQueue.IO)
     assert _as_received(ours) == _as_received(celery_sent)
@@ -158,7 +164,6 @@ def test_a_batched_message_is_what_apply_async_sends(broker, time_limit):
 def test_every_message_of_a_mixed_batch_is_what_apply_async_sends(broker):
     """The batch publisher fills one message template per kind (queue, time limit, type) with
     each dispatch's ids: every message is still apply_async's, with its own ids."""
-    from apps.tasks.tasks import execute
 
     batch = [
         *_dispatches(2, queue="io", task_type="echo"),
@@ -169,13 +174,7 @@ def test_every_message_of_a_mixed_batch_is_what_apply_async_sends(broker):
         limits: dict[str, Any] = {}
         if dispatch.time_limit_seconds:
             limits = {"soft_time_limit": 65, "time_limit": 90}
-        execute.apply_async(
-            args=[str(dispatch.task_id), str(dispatch.dispatch_id), dispatch.task_type],
-            task_id=str(dispatch.dispatch_id),
-            queue="io",
-            routing_key="io",
-            **limits,
-        )
+        _send_with_celery(dispatch, **limits)
     assert publisher.publish(batch) == batch
     celery_sent = [broker.get(TaskQueue.IO) for _ in batch]
     ours = [broker.get(TaskQueue.IO) for _ in batch]
@@ -187,7 +186,6 @@ def test_a_template_is_made_once_per_kind_and_thread_and_kept_across_publishes(b
     """A single create publishes one message: its template is kept with the channel for the next
     create of the kind, in the same thread (Celery's reply_to is per thread), and every message is
     still apply_async's from that thread, with its own ids."""
-    from apps.tasks.tasks import execute
 
     made: list[threading.Thread] = []
 
@@ -201,12 +199,7 @@ def test_a_template_is_made_once_per_kind_and_thread_and_kept_across_publishes(b
         confirms.templates.clear()  # those of earlier tests
 
     def send_both_ways(dispatch: Dispatch) -> None:
-        execute.apply_async(
-            args=[str(dispatch.task_id), str(dispatch.dispatch_id), "echo"],
-            task_id=str(dispatch.dispatch_id),
-            queue="io",
-            routing_key="io",
-        )
+        _send_with_celery(dispatch)
         assert publisher.publish([dispatch]) == [dispatch]
 
     first, second, third = _dispatches(3, queue="io", task_type="echo")
