@@ -257,29 +257,41 @@ def remove_unfinished(*, users: list[User], broker: Broker) -> int:
     return deleted
 
 
-def latency(*, user: User, rate: float, seconds: float, threads: int = 4) -> dict[str, Any]:
+def latency(
+    *, user: User, rate: float, seconds: float, threads: int = 4, warmup: float = 1.0
+) -> dict[str, Any]:
     """Open loop: task i is created (services.task_create, one task a call) at start + i / rate,
-    from `threads` threads; create -> started is started_at - created_at of each task."""
+    from `threads` threads; create -> started is started_at - created_at of each task.
+
+    The first `warmup` seconds run at the same rate and are not counted: in them the bench's
+    threads open their database connections and take their broker connections (the creates of a
+    cold thread took 40-50 ms, and the tasks queued behind them were the whole 1% tail). Their
+    own figures are in the result's `warmup`."""
+    warm = int(rate * warmup)
     total = max(1, int(rate * seconds))
     counter = itertools.count()
     lock = threading.Lock()
     start = time.monotonic() + 0.2
+    measured_from = start + warm / rate
     behind: list[float] = []
+    warm_ids: list[Any] = []
+    measured_ids: list[Any] = []
 
     def run() -> None:
         try:
             while True:
                 with lock:
                     number = next(counter)
-                if number >= total:
+                if number >= warm + total:
                     return
                 due = start + number / rate
                 pause = due - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-                else:
+                elif number >= warm:
                     behind.append(-pause)
-                services.task_create(owner=user, type="echo", payload={"i": number})
+                task, _ = services.task_create(owner=user, type="echo", payload={"i": number})
+                (measured_ids if number >= warm else warm_ids).append(task.id)
         finally:
             connection.close()
 
@@ -288,16 +300,32 @@ def latency(*, user: User, rate: float, seconds: float, threads: int = 4) -> dic
         thread.start()
     for thread in pool:
         thread.join()
-    created = time.monotonic() - start
-    wait_settled(user, total, timeout=120 + seconds)
-    rows = Task.objects.filter(owner=user).values_list("created_at", "started_at")
-    values = [(s - c).total_seconds() * 1000 for c, s in rows if s is not None]
+    created = time.monotonic() - measured_from
+    wait_settled(user, warm + total, timeout=120 + seconds)
+
+    def create_to_start(ids: list[Any]) -> list[tuple[float, datetime]]:
+        rows = Task.objects.filter(id__in=ids).values_list("created_at", "started_at")
+        return [((s - c).total_seconds() * 1000, c) for c, s in rows if s is not None]
+
+    measured = create_to_start(measured_ids)
+    first = min((c for _, c in measured), default=None)
+    slowest = sorted(measured, key=lambda row: row[0], reverse=True)[: max(1, len(measured) // 100)]
     return {
         "target_rate": rate,
         "achieved_rate": total / created if created > 0 else None,
         "tasks": total,
         "creates_behind_schedule": len(behind),
-        **_ms(values),
+        **_ms([ms for ms, _ in measured]),
+        # When the slowest 1% were created (seconds into the measured part): a tail spread over
+        # the run, or one stall.
+        "slowest_created_at_s": sorted(
+            round((c - first).total_seconds(), 2) for _, c in slowest if first is not None
+        ),
+        "warmup": {
+            "seconds": warmup,
+            "tasks": warm,
+            **_ms([ms for ms, _ in create_to_start(warm_ids)]),
+        },
     }
 
 

@@ -500,6 +500,13 @@ class Bench:
         self.report.add(section, "achieved create rate", result["achieved_rate"], "tasks/s")
         self.report.under(section, "create -> started p50", result["p50_ms"], "ms", 10, "< 10 ms")
         self.report.under(section, "create -> started p99", result["p99_ms"], "ms", 100, "< 100 ms")
+        warmup = result["warmup"]
+        self.report.add(
+            section,
+            f"warm-up ({warmup['seconds']:.0f} s, not counted above) p99",
+            warmup["p99_ms"],
+            "ms",
+        )
 
     def postponed(self) -> None:
         from django.conf import settings
