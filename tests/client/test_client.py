@@ -368,8 +368,8 @@ def test_too_many_logins_are_rate_limited_with_retry_after(stack: Stack):
     allowed = 0
 
     def log_in_11_times() -> None:
-        # 5 a minute per account (fixed windows): 11 attempts in well under a minute cannot all
-        # pass, whichever window boundary falls among them.
+        # 5 a minute per account (a sliding window): 11 attempts in well under a minute cannot
+        # all pass, whichever window boundary falls among them.
         nonlocal allowed
         with Client(stack.url) as client:
             for _ in range(11):
@@ -381,7 +381,9 @@ def test_too_many_logins_are_rate_limited_with_retry_after(stack: Stack):
     error = limited.value
     assert allowed >= 5, allowed
     assert (error.status, error.code) == (429, "throttled"), error.body
-    assert error.retry_after is not None and 0 < error.retry_after <= 60, error.body
+    # Up to two periods: early in a window, the five counted in it still weigh too much for a
+    # sixth until a fifth of the next window has passed (60 - 5 + 12 = 67 s at second 5).
+    assert error.retry_after is not None and 0 < error.retry_after <= 2 * 60, error.body
 
 
 def test_an_expired_access_token_is_refreshed_once_and_the_new_tokens_handed_over(
