@@ -21,7 +21,7 @@ services:  ## check PostgreSQL, RabbitMQ and Redis; create the database if missi
 
 migrate: install services
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py setup_broker
+	$(BIN)/python manage.py setup_broker --policies
 
 run: migrate  ## API + workers + beat + dead-letter consumer, through honcho
 	@$(BIN)/python scripts/banner.py

@@ -24,6 +24,9 @@ class BenchConfig:
     scale_users: int = 5
     read_samples: int = 200
     drain_backlog: bool = True  # run the API phase's tasks (else purge them: quicker)
+    # deployments/rabbitmq/definitions.json's queue policies on the bench vhost, as the compose
+    # broker has them (lazy work queues: docs/benchmarks.md, B7); --no-broker-policies for A/B
+    broker_policies: bool = True
     quiet_wait: float = 30.0  # wait up to this long for other work on the machine to stop
     profile: bool = True
     profile_seconds: float = 15.0

@@ -159,7 +159,8 @@ class Bench:
         from tests.support.processes import free_port
 
         call_command("migrate", verbosity=0)
-        call_command("setup_broker", stdout=io.StringIO())
+        policies = ["--require-policies"] if self.config.broker_policies else []
+        call_command("setup_broker", *policies, stdout=io.StringIO())
         self.broker = Broker(self.world.broker_url)
         roles = ["api", "bulk", "pipeline", "latency", "postponed", "memory", "admin"]
         roles += [f"seed{i}" for i in range(self.config.scale_users)]

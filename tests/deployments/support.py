@@ -150,13 +150,16 @@ def variables_read_by_code() -> dict[str, set[str]]:
     return reads
 
 
-def makefile_migrate_commands() -> list[str]:
-    """The recipe of `make migrate`: what compose's one-shot migrate must run too."""
+def makefile_migrate_commands(*, deployed: bool = False) -> list[str]:
+    """The recipe of `make migrate`: what compose's one-shot migrate must run too. `deployed`:
+    without `setup_broker --policies`, which sets the queue policies on the local broker with
+    rabbitmqctl; a deployed broker loads them from definitions.json (docs/scaling.md)."""
     lines = (ROOT / "Makefile").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("migrate:"))
     recipe = []
     for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
-        recipe.append(line.strip().replace("$(BIN)/", ""))
+        command = line.strip().replace("$(BIN)/", "")
+        recipe.append(command.replace(" --policies", "") if deployed else command)
     return recipe

@@ -19,6 +19,7 @@ from kombu import Connection, Exchange, Queue
 
 from apps.tasks.queues import (
     DEAD_LETTER_EXCHANGE_NAME,
+    DEAD_LETTER_QUEUE_NAME,
     WORK_QUEUES,
     TaskQueue,
     all_queues,
@@ -102,9 +103,17 @@ def test_the_policies_match_the_queues_they_are_for(definitions):
     assert matched("taskflow-maintenance") == {TaskQueue.MAINTENANCE.value}
     maintenance = policies["taskflow-maintenance"]["definition"]
     assert maintenance["message-ttl"] > 0 and maintenance["overflow"] == "drop-head"
-    # A delivery limit on the work queues (applied by quorum queues; classic queues ignore it).
-    assert matched("taskflow-work") == {queue.value for queue in WORK_QUEUES}
+    # A delivery limit on the work queues (quorum queues only: a policy applies to a queue only
+    # if its type supports every key, so classic queues skip it) and, below it, lazy mode (classic
+    # queues only) for them and the dead letters: a long default-mode queue holds publisher
+    # confirms back (docs/benchmarks.md, B7). test_setup_broker.py checks which applies where.
+    work = {queue.value for queue in WORK_QUEUES}
+    assert matched("taskflow-work") == matched("taskflow-work-lazy") == work
     assert policies["taskflow-work"]["definition"] == {"delivery-limit": 10}
+    assert policies["taskflow-work-lazy"]["definition"] == {"queue-mode": "lazy"}
+    assert policies["taskflow-work-lazy"]["priority"] < policies["taskflow-work"]["priority"]
+    assert matched("taskflow-deadletter") == {DEAD_LETTER_QUEUE_NAME}
+    assert policies["taskflow-deadletter"]["definition"] == {"queue-mode": "lazy"}
     for policy in policies.values():
         assert policy["apply-to"] == "queues"
         assert "dead-letter-exchange" not in policy["definition"]  # the code's x-args own that
@@ -152,11 +161,20 @@ def imported_vhost(definitions: dict[str, Any]) -> Iterator[str]:
 
 def test_the_running_broker_accepts_the_definitions_and_the_code_agrees(imported_vhost):
     assert_code_declares_the_same_topology(broker_url("guest", "guest", 5672, imported_vhost))
-    policies = rabbitmqctl(
-        "list_queues", "-p", imported_vhost, "name", "policy", "--no-table-headers"
-    )
-    applied = dict(line.split("\t") for line in policies.splitlines() if line)
-    assert applied[TaskQueue.MAINTENANCE.value] == "taskflow-maintenance"
+
+    def applied() -> dict[str, str]:  # policies apply to queues asynchronously
+        out = rabbitmqctl(
+            "list_queues", "-p", imported_vhost, "name", "policy", "--no-table-headers"
+        )
+        return dict(line.split("\t") for line in out.splitlines() if line)
+
+    expected = {
+        TaskQueue.MAINTENANCE.value: "taskflow-maintenance",
+        # classic queues: taskflow-work (delivery-limit) is not applicable, the lazy one is
+        TaskQueue.DEFAULT.value: "taskflow-work-lazy",
+        DEAD_LETTER_QUEUE_NAME: "taskflow-deadletter",
+    }
+    wait_for(lambda: expected.items() <= applied().items(), timeout=30, what="the policies")
 
 
 def test_a_queue_declared_differently_from_the_definitions_is_refused(imported_vhost):
@@ -244,6 +262,8 @@ def test_a_node_booted_like_the_compose_service_has_our_user_topology_and_polici
     assert {line.split("\t")[1] for line in policies.strip().splitlines()} == {
         "taskflow-maintenance",
         "taskflow-work",
+        "taskflow-work-lazy",
+        "taskflow-deadletter",
     }
     url = broker_url(rabbitmq_node["user"], rabbitmq_node["password"], rabbitmq_node["port"], "/")
     assert_code_declares_the_same_topology(url)

@@ -242,7 +242,7 @@ def test_the_migrate_job_does_what_make_migrate_does():
     job = of_kind("Job")["migrate"]
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:2] == ["sh", "-c"]
-    assert command[2].split(" && ") == makefile_migrate_commands()
+    assert command[2].split(" && ") == makefile_migrate_commands(deployed=True)
 
 
 def test_exactly_one_beat_and_no_autoscaler_on_it():

@@ -1,7 +1,9 @@
 """Direct access to RabbitMQ for tests: queue depths, and the dead-letter queue's messages."""
 
 import os
+import subprocess
 from typing import Any
+from urllib.parse import urlparse
 
 from kombu import Connection
 
@@ -62,3 +64,14 @@ def use_broker(url: str) -> None:
     app.conf.broker_url = url
     # Celery's conf.broker_url prefers this variable to anything configured.
     os.environ["CELERY_BROKER_URL"] = url
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=90, check=True
+    )
+    return done.stdout
+
+
+def vhost_url(session_url: str, vhost: str) -> str:
+    return urlparse(session_url)._replace(path=f"/{vhost}").geturl()
