@@ -113,3 +113,70 @@ def test_a_lost_idempotency_race_inside_a_callers_transaction_leaves_it_usable(
         assert not created
         assert Task.objects.filter(owner=user).count() == 1  # the transaction still works
     assert Task.objects.get(owner=user).id == task.id
+
+
+# --- the view's checks and answer without DRF's fields, for the usual shape ---------------------
+
+CREATE_INPUTS_OF_THE_USUAL_SHAPE = [
+    {"type": "echo"},
+    {"type": "echo", "payload": {"a": [1, {"b": None}]}},
+    {"type": "echo", "payload": []},  # not an object: the service refuses it, as before
+    {"type": "echo", "params": {"n": 1}},  # seed 001's name for payload
+    {"type": "echo", "max_retries": 2},
+    {"type": "echo", "max_retries": None, "run_at": None},
+    {"type": "nope", "payload": {}, "max_retries": -1},
+    {"type": "x" * 100},
+]
+
+
+@pytest.mark.parametrize("data", CREATE_INPUTS_OF_THE_USUAL_SHAPE)
+def test_a_plain_create_input_is_what_the_input_serializer_gives(data: dict[str, Any]):
+    from apps.tasks.api import _CREATE_FIELDS, TaskListCreateApi, _plain_input
+
+    serializer = TaskListCreateApi.InputSerializer(data=data)
+    assert serializer.is_valid(), serializer.errors
+    plain = _plain_input(data, fields=_CREATE_FIELDS, payload_default=False)
+    assert plain == dict(serializer.validated_data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        ["echo"],
+        {"payload": {}},
+        {"type": "echo", "colour": "red"},
+        {"type": " echo"},
+        {"type": ""},
+        {"type": "x" * 101},
+        {"type": 5},
+        {"type": "echo", "payload": None},
+        {"type": "echo", "params": None},
+        {"type": "echo", "payload": {}, "params": {}},
+        {"type": "echo", "max_retries": True},
+        {"type": "echo", "max_retries": 2.0},
+        {"type": "echo", "max_retries": "2"},
+        {"type": "echo", "run_at": "2030-01-01T00:00:00Z"},
+    ],
+)
+def test_other_create_inputs_are_left_to_the_input_serializer(data: Any):
+    from apps.tasks.api import _CREATE_FIELDS, _plain_input
+
+    assert _plain_input(data, fields=_CREATE_FIELDS, payload_default=False) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_create_answer_is_what_drf_fields_make(api: Any, broker: Any):
+    """TaskOutputSerializer writes its dict by hand in UTC: the same as DRF's fields, key for key
+    and in order, for a task just created (the instance the view answers with) and read back."""
+    from rest_framework import serializers
+
+    from apps.tasks.api import TaskOutputSerializer
+
+    response = api.post("/api/tasks", {"type": "echo", "payload": {"m": "x"}}, format="json")
+    assert response.status_code == 201, response.content
+    task = Task.objects.get(id=response.json()["id"])
+    drf = serializers.Serializer.to_representation(TaskOutputSerializer(), task)
+    assert list(TaskOutputSerializer(task).data.items()) == list(drf.items())
+    assert response.json() == drf
+    assert list(response.json()) == list(drf)

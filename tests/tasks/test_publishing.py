@@ -310,3 +310,25 @@ def test_flushing_the_marks_writes_them_now(user, broker, marks_in_a_thread):
     marks_in_a_thread.flush()  # waits for a flush the thread may have begun
     assert not Task.objects.filter(published_at__isnull=True).exists()
     assert {t.id for t in tasks} == set(Task.objects.values_list("id", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_publish_declares_its_queue_with_dead_lettering(user, fresh_vhost):
+    """Into a broker where nothing is declared yet (workers not started, setup_broker not run),
+    a create declares its queue as the workers would, once per connection, and nothing is lost."""
+    from tests.support.broker import rabbitmqctl
+
+    def queues() -> dict[str, tuple[str, str]]:
+        out = rabbitmqctl(
+            "list_queues", "-p", fresh_vhost, "name", "arguments", "messages", "--no-table-headers"
+        )
+        return {row[0]: (row[1], row[2]) for row in (ln.split("\t") for ln in out.splitlines())}
+
+    assert queues() == {}
+    for number in range(3):
+        services.task_create(owner=user, type="echo", payload={"n": number})
+
+    declared = wait_for(lambda: queues().get(TaskQueue.DEFAULT.value), what="the queue")
+    assert declared is not None
+    assert "taskflow.dlx" in declared[0]  # x-dead-letter-exchange, as apps.tasks.queues declares
+    wait_for(lambda: queues()[TaskQueue.DEFAULT.value][1] == "3", what="the three messages")
