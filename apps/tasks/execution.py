@@ -35,6 +35,7 @@ from apps.tasks.transitions import (
     Sql,
     Transitioned,
     transition_one,
+    transition_one_moved,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ def handle_delivery(
     return DeliveryOutcome("dropped", status=current["status"], note="duplicate message")
 
 
+# What running a claimed task reads of it (handle_delivery, run_claimed, _finish and the
+# failure paths); any other field of the claimed Task is loaded from the row on first access.
+CLAIMED_COLUMNS = ("id", "type", "status", "payload", "attempts", "dispatch_id", "owner_id")
+
+
 def _claim(
     *,
     task_id: str,
@@ -149,6 +155,7 @@ def _claim(
             },
             attempt=AttemptStart(worker=worker),
             note=f"claimed by {worker}",
+            columns=CLAIMED_COLUMNS,
             # A claim lost in a PostgreSQL crash leaves the task queued and its message
             # unacknowledged: it is delivered again (docs/reliability.md). The finish waits.
             wait_for_disk=False,
@@ -268,7 +275,7 @@ def _finish(
     note: str = "",
 ) -> str:
     where, params = _this_attempt(task)
-    moved = transition_one(
+    moved = transition_one_moved(
         task_id=task.id,
         to=to,
         allowed_from={S.RUNNING},
@@ -283,7 +290,7 @@ def _finish(
         attempt=AttemptFinish(outcome=outcome, error=error),
         note=note or f"attempt {task.attempts}: {outcome}",
     )
-    if moved is None:
+    if not moved:
         logger.warning("Attempt %s of task %s was settled elsewhere", task.attempts, task.id)
         return Task.objects.filter(id=task.id).values_list("status", flat=True).first() or ""
     return to

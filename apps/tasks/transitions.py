@@ -5,9 +5,10 @@ is allowed from (so two workers or two beat processes cannot both win), write th
 and start or finish the attempt row, all atomically.
 """
 
+import functools
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import connection
@@ -74,16 +75,18 @@ class Transitioned:
 
 
 def _task_from_row(row: dict[str, Any]) -> Task:
-    values = {}
+    """A Task from a transition's returned row; the fields it lacks are deferred (loaded on
+    first access, as with QuerySet.only())."""
+    names, values = [], []
     for column, field in _TASK_FIELDS.items():
+        if column not in row:
+            continue
         value = row[column]
         if hasattr(field, "from_db_value"):  # JSON arrives as text from a raw cursor
             value = field.from_db_value(value, None, connection)
-        values[field.attname] = value
-    task = Task(**values)
-    task._state.adding = False
-    task._state.db = "default"
-    return task
+        names.append(field.attname)
+        values.append(value)
+    return Task.from_db("default", names, values)
 
 
 def _set_clause(changes: dict[str, Any], params: list[Any]) -> str:
@@ -99,6 +102,44 @@ def _set_clause(changes: dict[str, Any], params: list[Any]) -> str:
     return "".join(f", {part}" for part in parts)
 
 
+@overload
+def transition(
+    *,
+    to: TaskStatus,
+    allowed_from: frozenset[TaskStatus] | set[TaskStatus],
+    task_id: uuid.UUID | str | None = ...,
+    due_batch: int | None = ...,
+    where: str = ...,
+    where_params: tuple[Any, ...] = ...,
+    changes: dict[str, Any] | None = ...,
+    attempt: AttemptStart | AttemptFinish | None = ...,
+    actor_id: int | None = ...,
+    note: str = ...,
+    wait_for_disk: bool = ...,
+    returning: Literal[True] = ...,
+    columns: tuple[str, ...] | None = ...,
+) -> list[Transitioned]: ...
+
+
+@overload
+def transition(
+    *,
+    to: TaskStatus,
+    allowed_from: frozenset[TaskStatus] | set[TaskStatus],
+    task_id: uuid.UUID | str | None = ...,
+    due_batch: int | None = ...,
+    where: str = ...,
+    where_params: tuple[Any, ...] = ...,
+    changes: dict[str, Any] | None = ...,
+    attempt: AttemptStart | AttemptFinish | None = ...,
+    actor_id: int | None = ...,
+    note: str = ...,
+    wait_for_disk: bool = ...,
+    returning: Literal[False],
+    columns: tuple[str, ...] | None = ...,
+) -> list[str]: ...
+
+
 def transition(
     *,
     to: TaskStatus,
@@ -112,7 +153,9 @@ def transition(
     actor_id: int | None = None,
     note: str = "",
     wait_for_disk: bool = True,
-) -> list[Transitioned]:
+    returning: bool = True,
+    columns: tuple[str, ...] | None = None,
+) -> list[Transitioned] | list[str]:
     """Move one task (`task_id`) or a batch of due waiting tasks (`due_batch`) to `to`.
 
     Only rows whose status is in `allowed_from` (and that match `where`) move; the caller learns
@@ -122,6 +165,13 @@ def transition(
     this statement's transaction only), for a change whose loss in a PostgreSQL crash is safe:
     the worker's claim (docs/reliability.md, "The claim's commit"). The change is visible to
     everyone at once either way; the next synchronous commit flushes it too.
+
+    `returning=False` for a caller that only needs to know whether (how many) rows moved: only
+    the moved rows' previous statuses come back, not their columns, which spares the client
+    reading 25 columns and building a Task (a quarter of a worker's pool CPU was result
+    handling, half of it for the finish, whose row nobody read: docs/benchmarks.md, W10).
+    `columns` (model field attnames) reads back only those; the returned Task has the others
+    deferred, so that reading one costs a query instead of being wrong (W11: the worker's claim).
     """
     illegal = set(allowed_from) - sources_of(to)
     if illegal or not allowed_from:
@@ -177,7 +227,7 @@ def transition(
                 (task_id, from_status, to_status, at, attempt, actor_id, note)
             SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, %s FROM upd
         ){attempt_sql}
-        SELECT upd.* FROM upd{"" if wait_for_disk else ", cfg"}
+        SELECT {_selected(returning, columns)} FROM upd{"" if wait_for_disk else ", cfg"}
     """
     params = [
         *select_params,
@@ -192,11 +242,32 @@ def transition(
     ]
     with _cursor() as cursor:
         cursor.execute(sql, params)
+        if not returning:
+            return [previous for (previous,) in cursor.fetchall()]
         names = [column.name for column in cursor.description]
         rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     return [Transitioned(_task_from_row(row), row["previous_status"]) for row in rows]
 
 
+@functools.cache  # once per call site's shape: the claim asks for it on every task
+def _selected(returning: bool, columns: tuple[str, ...] | None) -> str:
+    """The transition statement's final SELECT list."""
+    if not returning:
+        return "upd.previous_status"
+    if columns is None:
+        return "upd.*"
+    unknown = set(columns) - {field.attname for field in _TASK_FIELDS.values()}
+    if unknown or "id" not in columns:
+        raise ValueError(f"columns must name Task fields and include id: {sorted(unknown)}")
+    names = [column for column, field in _TASK_FIELDS.items() if field.attname in columns]
+    return ", ".join(f"upd.{name}" for name in [*names, "previous_status"])
+
+
 def transition_one(**kwargs: Any) -> Transitioned | None:
     moved = transition(**kwargs)
     return moved[0] if moved else None
+
+
+def transition_one_moved(**kwargs: Any) -> bool:
+    """transition() of one task without reading its row back: whether it moved."""
+    return bool(transition(**kwargs, returning=False))

@@ -5,10 +5,19 @@ import uuid
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import TRANSITIONS, TaskStatus
-from apps.tasks.transitions import IllegalTransition, transition, transition_one
+from apps.tasks.transitions import (
+    AttemptFinish,
+    AttemptStart,
+    IllegalTransition,
+    Sql,
+    transition,
+    transition_one,
+    transition_one_moved,
+)
 from tests.tasks.factories import make_task
 
 S = TaskStatus
@@ -60,6 +69,74 @@ def test_extra_conditions_must_hold(user):
         where_params=(str(uuid.uuid4()),),
     )
     assert moved is None
+
+
+@pytest.mark.parametrize("wait_for_disk", [True, False])
+def test_without_returning_the_same_move_is_made_and_only_its_previous_status_read(
+    user, wait_for_disk
+):
+    """The worker's finish reads nothing back: the row, its history and its attempt are
+    written as with the row returned."""
+    task = make_task(user)
+    assert transition_one(
+        task_id=task.id, to=S.RUNNING, allowed_from={S.QUEUED}, attempt=AttemptStart("w1")
+    )
+    finish = {
+        "task_id": task.id,
+        "to": S.SUCCEEDED,
+        "allowed_from": {S.RUNNING},
+        "changes": {"result": {"ok": True}},
+        "attempt": AttemptFinish(outcome="succeeded"),
+        "note": "done",
+        "wait_for_disk": wait_for_disk,
+    }
+
+    assert transition(**finish, returning=False) == [S.RUNNING]
+    assert transition(**finish, returning=False) == []  # moved already: nothing to move
+    assert transition_one_moved(**finish) is False
+
+    task.refresh_from_db()
+    assert (task.status, task.result) == (S.SUCCEEDED, {"ok": True})
+    attempt = task.attempt_rows.get()
+    assert (attempt.outcome, attempt.finished_at is not None) == ("succeeded", True)
+    assert list(
+        TaskStatusChange.objects.filter(task=task)
+        .order_by("at", "id")
+        .values_list("from_status", "to_status", "note")
+    ) == [(S.QUEUED, S.RUNNING, ""), (S.RUNNING, S.SUCCEEDED, "done")]
+
+
+def test_with_columns_only_those_are_read_back_and_the_rest_loads_on_access(user):
+    """The worker's claim reads back what running the task needs; the other fields are
+    deferred, as with QuerySet.only(): still right, at the cost of a query."""
+    task = make_task(user)
+    moved = transition_one(
+        task_id=task.id,
+        to=S.RUNNING,
+        allowed_from={S.QUEUED},
+        changes={"attempts": Sql("t.attempts + 1"), "started_at": Sql("statement_timestamp()")},
+        attempt=AttemptStart("w1"),
+        columns=("id", "status", "payload", "attempts"),
+        wait_for_disk=False,
+    )
+    assert moved is not None and moved.previous_status == S.QUEUED
+    claimed = moved.task
+    assert (claimed.status, claimed.payload, claimed.attempts) == (S.RUNNING, task.payload, 1)
+    assert "created_at" in claimed.get_deferred_fields()
+    assert "payload" not in claimed.get_deferred_fields()
+    with CaptureQueriesContext(connection) as queries:
+        assert claimed.created_at == task.created_at
+        assert claimed.started_at is not None  # set by the claim, read from the row
+    assert len(queries) == 2
+
+
+def test_columns_must_be_task_fields_and_include_the_id(user):
+    task = make_task(user)
+    for columns in [("status",), ("id", "colour")]:
+        with pytest.raises(ValueError, match="columns must name Task fields"):
+            transition(task_id=task.id, to=S.CANCELLED, allowed_from={S.QUEUED}, columns=columns)
+    task.refresh_from_db()
+    assert task.status == S.QUEUED
 
 
 def test_json_fields_come_back_as_python_values(user):
