@@ -104,6 +104,7 @@ class Report:
                 f"| {ln.section} | {ln.name} | {ln.shown_value()} | {ln.unit} | {ln.target} "
                 f"| {verdict} |"
             )
+        out += [f"\n**Warning:** {warning}" for warning in self.details.get("warnings", [])]
         return "\n".join(out)
 
     def missed(self) -> list[Line]:

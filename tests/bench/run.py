@@ -26,6 +26,7 @@ from tests.bench.environment import (
     BenchWorld,
     Broker,
     CpuMonitor,
+    cpu_speed_ms,
     process_tree_rss,
     wait_for_quiet,
     wait_until,
@@ -33,6 +34,8 @@ from tests.bench.environment import (
 from tests.bench.report import Report
 
 MB = 1024 * 1024
+# Above this spread of the speed probe, the run says the host did not stay the same.
+HOST_SPEED_SPREAD_WARNING = 1.25
 
 
 class Bench:
@@ -55,6 +58,7 @@ class Bench:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         print(f"\n== {name}", flush=True)
+        speed_before = cpu_speed_ms()
         began = time.monotonic()
         cpu = self.cpu.snapshot()
         sessions = self.world.sessions()
@@ -66,6 +70,9 @@ class Bench:
             self.report.add(name, "section failed", None, "", note=f"error: {exc}"[:120])
         finally:
             self.report.durations[name] = round(time.monotonic() - began, 1)
+            # The host's speed before and after, outside the section's timings.
+            speeds = [round(speed_before, 1), round(cpu_speed_ms(), 1)]
+            self.report.details.setdefault("cpu_speed_ms", {})[name] = speeds
             shares = self.cpu.shares(cpu)
             self.report.details.setdefault("cpu_share", {})[name] = shares
             sessions_after = self.world.sessions()
@@ -718,7 +725,28 @@ class Bench:
             )
         for name, opened in self.report.details.get("postgres_sessions", {}).items():
             self.report.add("machine", f"PostgreSQL connections opened during {name}", opened, "")
+        self.report_host_speed()
         return 0
+
+    def report_host_speed(self) -> None:
+        """The speed probe's slowest against its fastest, over the sections' starts and ends: a
+        host that slowed down in the run moves absolute numbers and also ratios whose sides ran
+        in different minutes (docs/benchmarks.md, "A shared machine")."""
+        pairs = self.report.details.get("cpu_speed_ms", {}).values()
+        probes = [ms for pair in pairs for ms in pair]
+        if not probes:
+            return
+        fastest, slowest = min(probes), max(probes)
+        self.report.add("machine", "CPU speed probe, fastest", fastest, "ms")
+        spread = slowest / fastest
+        self.report.add("machine", "CPU speed probe, slowest / fastest", spread, "x")
+        if spread > HOST_SPEED_SPREAD_WARNING:
+            warning = (
+                f"the host's CPU speed changed by {spread:.2f} x during the run "
+                f"({fastest:.0f}-{slowest:.0f} ms a probe; details.cpu_speed_ms per section): "
+                "compare this run's numbers with care"
+            )
+            self.report.details["warnings"] = [*self.report.details.get("warnings", []), warning]
 
     def close(self) -> None:
         for name in list(self.processes):
@@ -758,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nSections: {durations}")
         if missed:
             print(f"\nMISSED {len(missed)} target(s): " + "; ".join(ln.name for ln in missed))
+        for warning in bench.report.details.get("warnings", []):
+            print(f"\nWARNING: {warning}")
         if bench.report.details.get("errors"):
             print(f"\nFAILED sections: {', '.join(bench.report.details['errors'])}")
         print(f"\nResults: {path} (and .md); profiles: {bench.profile_dir}")
