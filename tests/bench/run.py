@@ -70,9 +70,6 @@ class Bench:
             self.report.add(name, "section failed", None, "", note=f"error: {exc}"[:120])
         finally:
             self.report.durations[name] = round(time.monotonic() - began, 1)
-            # The host's speed before and after, outside the section's timings.
-            speeds = [round(speed_before, 1), round(cpu_speed_ms(), 1)]
-            self.report.details.setdefault("cpu_speed_ms", {})[name] = speeds
             shares = self.cpu.shares(cpu)
             self.report.details.setdefault("cpu_share", {})[name] = shares
             sessions_after = self.world.sessions()
@@ -80,9 +77,13 @@ class Bench:
                 # Long-lived processes connect once; a steady count means some process reconnects.
                 opened = sessions_after - sessions
                 self.report.details.setdefault("postgres_sessions", {})[name] = opened
+            # The host's speed before and after, outside the section's timings and CPU shares.
+            speeds = [round(speed_before, 1), round(cpu_speed_ms(), 1)]
+            self.report.details.setdefault("cpu_speed_ms", {})[name] = speeds
             print(
                 f"  (CPU, share of {self.cpu.cores} cores: bench {shares['bench']:.0%}, "
-                f"services {shares['services']:.0%}, other processes {shares['others']:.0%})",
+                f"services {shares['services']:.0%}, other processes {shares['others']:.0%}; "
+                f"speed probe {speeds[0]:.0f} -> {speeds[1]:.0f} ms)",
                 flush=True,
             )
 
