@@ -68,6 +68,20 @@ class AttemptFinish:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The rows of a multi-row move, and a value per row for some columns of the statement.
+
+    `ids` are the task ids; each entry of `values` is a column `r.<name>` for `where` and
+    `changes` (as `Sql("r.<name>")`), with its PostgreSQL array type and one value per id, e.g.
+    {"dispatch_id": ("uuid[]", [...])}. The rows are locked in id order, so that two multi-row
+    moves (or a move and the published_at marks) cannot deadlock.
+    """
+
+    ids: list[str]
+    values: dict[str, tuple[str, list[Any]]]
+
+
 @dataclass
 class Transitioned:
     task: Task
@@ -108,13 +122,14 @@ def transition(
     to: TaskStatus,
     allowed_from: frozenset[TaskStatus] | set[TaskStatus],
     task_id: uuid.UUID | str | None = ...,
+    task_rows: Rows | None = ...,
     due_batch: int | None = ...,
     where: str = ...,
     where_params: tuple[Any, ...] = ...,
     changes: dict[str, Any] | None = ...,
     attempt: AttemptStart | AttemptFinish | None = ...,
     actor_id: int | None = ...,
-    note: str = ...,
+    note: str | Sql = ...,
     wait_for_disk: bool = ...,
     returning: Literal[True] = ...,
     columns: tuple[str, ...] | None = ...,
@@ -127,13 +142,14 @@ def transition(
     to: TaskStatus,
     allowed_from: frozenset[TaskStatus] | set[TaskStatus],
     task_id: uuid.UUID | str | None = ...,
+    task_rows: Rows | None = ...,
     due_batch: int | None = ...,
     where: str = ...,
     where_params: tuple[Any, ...] = ...,
     changes: dict[str, Any] | None = ...,
     attempt: AttemptStart | AttemptFinish | None = ...,
     actor_id: int | None = ...,
-    note: str = ...,
+    note: str | Sql = ...,
     wait_for_disk: bool = ...,
     returning: Literal[False],
     columns: tuple[str, ...] | None = ...,
@@ -145,18 +161,20 @@ def transition(
     to: TaskStatus,
     allowed_from: frozenset[TaskStatus] | set[TaskStatus],
     task_id: uuid.UUID | str | None = None,
+    task_rows: Rows | None = None,
     due_batch: int | None = None,
     where: str = "",
     where_params: tuple[Any, ...] = (),
     changes: dict[str, Any] | None = None,
     attempt: AttemptStart | AttemptFinish | None = None,
     actor_id: int | None = None,
-    note: str = "",
+    note: str | Sql = "",
     wait_for_disk: bool = True,
     returning: bool = True,
     columns: tuple[str, ...] | None = None,
 ) -> list[Transitioned] | list[str]:
-    """Move one task (`task_id`) or a batch of due waiting tasks (`due_batch`) to `to`.
+    """Move one task (`task_id`), the given tasks with a value each (`task_rows`: a batch's claim
+    and finish) or a batch of due waiting tasks (`due_batch`) to `to`.
 
     Only rows whose status is in `allowed_from` (and that match `where`) move; the caller learns
     which did from the returned list. Asking for a move the state machine forbids raises.
@@ -176,12 +194,25 @@ def transition(
     illegal = set(allowed_from) - sources_of(to)
     if illegal or not allowed_from:
         raise IllegalTransition(f"{sorted(illegal) or 'nothing'} -> {to} is not a legal move")
-    if (task_id is None) == (due_batch is None):
-        raise ValueError("give exactly one of task_id and due_batch")
+    if sum(given is not None for given in (task_id, task_rows, due_batch)) != 1:
+        raise ValueError("give exactly one of task_id, task_rows and due_batch")
 
+    rows_sql, rows_join = "", ""
+    rows_params: list[Any] = []
     if task_id is not None:
         select = f"SELECT id, status FROM {TASK_TABLE} WHERE id = %s FOR UPDATE"
         select_params: list[Any] = [str(task_id)]
+    elif task_rows is not None:
+        names = ["id", *task_rows.values]
+        arrays = ["%s::uuid[]", *(f"%s::{kind}" for kind, _ in task_rows.values.values())]
+        rows_sql = f"r AS (SELECT * FROM unnest({', '.join(arrays)}) AS r({', '.join(names)})), "
+        rows_params = [task_rows.ids, *(values for _, values in task_rows.values.values())]
+        rows_join = "JOIN r ON r.id = old.id"
+        # In id order: a multi-row lock taken in any other order can deadlock with another.
+        select = (
+            f"SELECT id, status FROM {TASK_TABLE} WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE"
+        )
+        select_params = [task_rows.ids]
     else:
         # Two releasers never take the same row: each skips what the other has locked.
         select = (
@@ -215,21 +246,27 @@ def transition(
     no_wait_sql = (
         "" if wait_for_disk else "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
     )
+    if isinstance(note, Sql):
+        note_sql, note_params = f"left({note.expression}, 2000)", []
+    else:
+        note_sql, note_params = "%s", [note[:2000]]
     sql = f"""
-        WITH {no_wait_sql}old AS ({select}),
+        WITH {no_wait_sql}{rows_sql}old AS ({select}),
         upd AS (
             UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
-            FROM old WHERE t.id = old.id AND old.status = ANY(%s) {where}
+            FROM old {rows_join} WHERE t.id = old.id AND old.status = ANY(%s) {where}
             RETURNING {_RETURNED_COLUMNS}, old.status AS previous_status
         ),
         hist AS (
             INSERT INTO {HISTORY_TABLE}
                 (task_id, from_status, to_status, at, attempt, actor_id, note)
-            SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, %s FROM upd
+            SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, {note_sql}
+            FROM upd
         ){attempt_sql}
         SELECT {_selected(returning, columns)} FROM upd{"" if wait_for_disk else ", cfg"}
     """
     params = [
+        *rows_params,
         *select_params,
         str(to),
         *set_params,
@@ -237,7 +274,7 @@ def transition(
         *where_params,
         str(to),
         actor_id,
-        note[:2000],
+        *note_params,
         *attempt_params,
     ]
     with _cursor() as cursor:
