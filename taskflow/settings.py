@@ -237,6 +237,8 @@ SPECTACULAR_SETTINGS = {
 TASKFLOW = {
     "RELEASE_INTERVAL_MS": env.int("RELEASE_INTERVAL_MS", default=1000),
     "RELEASE_BATCH_SIZE": env.int("RELEASE_BATCH_SIZE", default=500),
+    # The most tasks one message carries, for types with a batch_size (1: a message per task).
+    "MESSAGE_BATCH_MAX": env.int("MESSAGE_BATCH_MAX", default=16),
     # Full-jitter exponential backoff: wait before retry n = uniform(0, min(cap, base * 2**(n-1))).
     "RETRY_BACKOFF_BASE_SECONDS": env.float("RETRY_BACKOFF_BASE_SECONDS", default=2.0),
     "RETRY_BACKOFF_CAP_SECONDS": env.float("RETRY_BACKOFF_CAP_SECONDS", default=600.0),

@@ -99,6 +99,28 @@ class TaskTypeSpec:
     concurrency_limit: int | None = None
     kind: str = "code"
     enabled: bool = True
+    # Up to this many of its tasks published together share one message (1: a message each).
+    batch_size: int = 1
+
+    @property
+    def message_batch_size(self) -> int:
+        """How many of its tasks one message may carry now: `batch_size`, for a type with a time
+        limit that cannot hold its tasks (enabled, no rate or concurrency limit, which are
+        checked per task), at most MESSAGE_BATCH_MAX, and few enough that the batch's time limit
+        (the type's, times its tasks) stays under RabbitMQ's consumer_timeout."""
+        if (
+            self.batch_size < 2
+            or not self.time_limit_seconds
+            or not self.enabled
+            or self.rate_limit is not None
+            or self.concurrency_limit is not None
+        ):
+            return 1
+        from apps.tasks.publisher import HARD_LIMIT_MARGIN_SECONDS
+
+        consumer_timeout = settings.TASKFLOW["RABBITMQ_CONSUMER_TIMEOUT_SECONDS"]
+        fits = (consumer_timeout - HARD_LIMIT_MARGIN_SECONDS - 1) // self.time_limit_seconds
+        return max(1, min(self.batch_size, int(settings.TASKFLOW["MESSAGE_BATCH_MAX"]), fits))
 
     def is_retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, (RetryableError, *self.retry_on))
@@ -134,6 +156,7 @@ def handler(
     max_retries_limit: int | None = None,
     rate_limit: str | None = None,
     concurrency_limit: int | None = None,
+    batch_size: int = 1,
 ) -> Callable[[HandlerFunc], HandlerFunc]:
     """Register the decorated function as the handler of task type `name`.
 
@@ -145,6 +168,9 @@ def handler(
     retry_on: exceptions retried besides RetryableError.
     backoff_base_seconds, backoff_cap_seconds: retry n waits uniform(0, min(cap, base * 2**(n-1))).
     rate_limit ("5/s", "100/min") and concurrency_limit: cluster-wide, across all workers.
+    batch_size: for short tasks, up to this many tasks published together (a bulk create, a
+    release) go in one message, which a worker claims and finishes in one statement each and
+    runs one after another. Needs time_limit_seconds (the batch's limit is it times the tasks).
     Staff can override every one of these in the admin (Task types).
     """
     if not TYPE_NAME.match(name):
@@ -154,6 +180,10 @@ def handler(
     parsed_rate = RateLimit.parse(rate_limit) if rate_limit else None
     if concurrency_limit is not None and concurrency_limit < 1:
         raise ValueError("concurrency_limit must be at least 1 (or None for no limit).")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    if batch_size > 1 and not time_limit_seconds:
+        raise ValueError("batch_size needs time_limit_seconds (a batch's limit is its tasks').")
 
     def register(func: HandlerFunc) -> HandlerFunc:
         spec = TaskTypeSpec(
@@ -170,6 +200,7 @@ def handler(
             max_retries_limit=max_retries_limit,
             rate_limit=parsed_rate,
             concurrency_limit=concurrency_limit,
+            batch_size=batch_size,
         )
         existing = _registry.get(name)
         if existing is not None and existing.run is not func:

@@ -1,8 +1,10 @@
 """The dead-letter consumer: records on each task when and why its message was dead-lettered.
 
 Messages reach `taskflow.deadletter` when a worker rejects them (the task failed for good), or
-when the releaser fails a task whose attempt's lease expired. RabbitMQ's `x-death` header says
-why, from which queue and when; we copy that onto the task and ack.
+as a record of their own: a task of a batched message that failed for good (the message carries
+others), and a task the releaser failed when its attempt's lease expired. RabbitMQ's `x-death`
+header (or our own `x-taskflow-reason`) says why, from which queue and when; we copy that onto the
+task and ack.
 """
 
 import json
@@ -20,20 +22,26 @@ from apps.tasks.queues import dead_letter_queue
 logger = logging.getLogger(__name__)
 
 
-def parse_dead_letter(body: Any, headers: dict[str, Any]) -> dict[str, Any] | None:
-    """Task id, dispatch id, reason and time of a dead-lettered message; None if not ours."""
-    task_id = dispatch_id = None
+def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any]]:
+    """Task id, dispatch id, reason and time of each task of a dead-lettered message (a batched
+    message carries several); none if it is not ours."""
+    pairs: list[tuple[Any, Any]] = []
     if isinstance(body, (bytes, str)):
         try:
             body = json.loads(body)
         except ValueError:
             body = None
-    if isinstance(body, list) and body and isinstance(body[0], list) and len(body[0]) >= 2:
-        task_id, dispatch_id = body[0][0], body[0][1]  # Celery protocol 2: [args, kwargs, embed]
+    args = body[0] if isinstance(body, list) and body and isinstance(body[0], list) else None
+    if args and len(args) == 2 and isinstance(args[1], list):
+        # tasks.execute_batch: [task_type, [[task_id, dispatch_id], ...]] (Celery protocol 2)
+        pairs = [(p[0], p[1]) for p in args[1] if isinstance(p, list) and len(p) == 2]
+    elif args and len(args) >= 2:
+        pairs = [(args[0], args[1])]  # tasks.execute: [task_id, dispatch_id, task_type]
     elif isinstance(body, dict) and "task_id" in body:
-        task_id, dispatch_id = body.get("task_id"), body.get("dispatch_id")
-    if not task_id:
-        return None
+        pairs = [(body.get("task_id"), body.get("dispatch_id"))]
+    pairs = [(task_id, dispatch_id) for task_id, dispatch_id in pairs if task_id]
+    if not pairs:
+        return []
 
     at = datetime.now(tz=UTC)
     reason = headers.get("x-taskflow-reason") or "unknown"
@@ -45,32 +53,31 @@ def parse_dead_letter(body: Any, headers: dict[str, Any]) -> dict[str, Any] | No
             reason += f" ({death['count']} times)"
         if isinstance(death.get("time"), datetime):
             at = death["time"] if death["time"].tzinfo else death["time"].replace(tzinfo=UTC)
-    return {
-        "task_id": str(task_id),
-        "dispatch_id": str(dispatch_id or ""),
-        "reason": reason,
-        "at": at,
-    }
+    return [
+        {"task_id": str(task_id), "dispatch_id": str(dispatch_id or ""), "reason": reason, "at": at}
+        for task_id, dispatch_id in pairs
+    ]
 
 
 def handle_dead_letter(body: Any, message: Message) -> None:
-    parsed = parse_dead_letter(body, dict(message.headers or {}))
-    if parsed is None:
+    parsed_all = parse_dead_letters(body, dict(message.headers or {}))
+    if not parsed_all:
         logger.warning("Dead letter that is not a TaskFlow task: headers=%s", message.headers)
         message.ack()
         return
-    recorded = services.task_record_dead_letter(
-        task_id=parsed["task_id"],
-        dispatch_id=parsed["dispatch_id"] or None,
-        reason=parsed["reason"],
-        at=parsed["at"],
-    )
-    logger.info(
-        "Dead letter for task %s (%s): %s",
-        parsed["task_id"],
-        parsed["reason"],
-        "recorded" if recorded else "task not failed with this message (replayed or deleted)",
-    )
+    for parsed in parsed_all:
+        recorded = services.task_record_dead_letter(
+            task_id=parsed["task_id"],
+            dispatch_id=parsed["dispatch_id"] or None,
+            reason=parsed["reason"],
+            at=parsed["at"],
+        )
+        logger.info(
+            "Dead letter for task %s (%s): %s",
+            parsed["task_id"],
+            parsed["reason"],
+            "recorded" if recorded else "task not failed with this message (replayed or deleted)",
+        )
     message.ack()
 
 

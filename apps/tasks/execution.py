@@ -1,16 +1,18 @@
 """What a worker does with an execution message: claim the task, run its handler, record the end.
 
-A message carries (task_id, dispatch_id). Only the message whose dispatch_id the row holds may run
-the task, and only while the row is `queued`; so duplicates, stale messages and messages for
-cancelled or finished tasks do nothing. RabbitMQ hands one message to one consumer at a time, so a
-*redelivered* message whose task is still `running` means the worker that had it is gone: that
-attempt is lost, and counts as a failed attempt. A message that kills its worker every time thus
-uses up the task's retries and ends in the dead-letter queue.
+A message carries (task_id, dispatch_id), or, for a type that runs in batches, several such pairs
+(`handle_batch`: one claim and one finish statement for them all). Only the message whose
+dispatch_id the row holds may run the task, and only while the row is `queued`; so duplicates,
+stale messages and messages for cancelled or finished tasks do nothing. RabbitMQ hands one message
+to one consumer at a time, so a *redelivered* message whose task is still `running` means the
+worker that had it is gone: that attempt is lost, and counts as a failed attempt. A message that
+kills its worker every time thus uses up the task's retries and ends in the dead-letter queue.
 """
 
 import json
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,12 +30,15 @@ from apps.handlers.selectors import invalidate_task_types
 from apps.handlers.services import type_disabled_for_hold
 from apps.tasks.backoff import retry_delay
 from apps.tasks.models import AttemptOutcome, Task
+from apps.tasks.publisher import DeadLetter, publish_dead_letters
 from apps.tasks.states import TaskStatus
 from apps.tasks.transitions import (
     AttemptFinish,
     AttemptStart,
+    Rows,
     Sql,
     Transitioned,
+    transition,
     transition_one,
     transition_one_moved,
 )
@@ -61,9 +66,18 @@ class FailureOutcome:
     dispatch_id: uuid.UUID | None
 
 
-def _lease_seconds(spec: TaskTypeSpec | None) -> int:
+@dataclass(frozen=True)
+class Succeeded:
+    """A handler's result, checked to be JSON (`text`), not yet recorded."""
+
+    result: object
+    text: str
+
+
+def _lease_seconds(spec: TaskTypeSpec | None, *, tasks: int = 1) -> int:
+    # A batch's tasks are all claimed at its start and run one after another.
     limit = (spec.time_limit_seconds if spec else None) or settings.CELERY_TASK_TIME_LIMIT
-    return int(limit) + LEASE_GRACE_SECONDS
+    return int(limit) * tasks + LEASE_GRACE_SECONDS
 
 
 def handle_delivery(
@@ -91,7 +105,15 @@ def handle_delivery(
     if claimed is not None:
         status = run_claimed(claimed.task, spec)
         return DeliveryOutcome("ran", status=status)
+    return _not_claimed(
+        task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=redelivered
+    )
 
+
+def _not_claimed(
+    *, task_id: str, dispatch_id: str, spec: TaskTypeSpec | None, redelivered: bool
+) -> DeliveryOutcome:
+    """What the message's claim not taking the task means: why, from the row as it is now."""
     current = Task.objects.filter(id=task_id).values("status", "dispatch_id", "attempts").first()
     if current is None:
         return DeliveryOutcome("dropped", note="no such task (deleted)")
@@ -120,6 +142,163 @@ def handle_delivery(
     return DeliveryOutcome("dropped", status=current["status"], note="duplicate message")
 
 
+class DeadLettersNotPublished(Exception):
+    """The broker did not take the dead-letter records of a batch's failed tasks."""
+
+
+def handle_batch(
+    *,
+    task_type: str,
+    pairs: Sequence[tuple[str, str]],
+    redelivered: bool,
+    worker: str,
+    queue: str = "",
+) -> list[tuple[str, str, DeliveryOutcome]]:
+    """A batched message's (task_id, dispatch_id) pairs: claim them in one statement, run their
+    handlers one after another, and record their successes in one statement (any other ending
+    is recorded as the task's own, when it happens). Returns (task_id, dispatch_id, outcome)s.
+
+    A redelivered batch, or one whose type may now hold its tasks (disabled, or given a rate or
+    concurrency limit since it was published), goes task by task through `handle_delivery`,
+    which settles the attempts a lost worker left running.
+
+    A task that failed for good cannot have the message rejected into the dead-letter exchange
+    (it carries others): a record of its own goes there (DeadLettersNotPublished if the broker
+    does not confirm it; the message, handed back, then finds the task failed and tries again).
+    """
+    outcomes = _run_batch(task_type=task_type, pairs=pairs, redelivered=redelivered, worker=worker)
+    reason = f"failed in a batched message from queue {queue or '?'}"
+    dead = [
+        DeadLetter(task_id, dispatch_id, reason)
+        for task_id, dispatch_id, outcome in outcomes
+        if outcome.dead_letter
+    ]
+    try:
+        publish_dead_letters(dead)
+    except Exception as exc:
+        raise DeadLettersNotPublished(
+            f"{len(dead)} dead-letter record(s) not published: {exc!r}"
+        ) from exc
+    return outcomes
+
+
+def _run_batch(
+    *, task_type: str, pairs: Sequence[tuple[str, str]], redelivered: bool, worker: str
+) -> list[tuple[str, str, DeliveryOutcome]]:
+    malformed = [pair for pair in pairs if not _are_uuids(pair)]
+    # A task once, with its first dispatch.
+    pairs = list(dict(pair for pair in pairs if _are_uuids(pair)).items())
+    dropped = [(t, d, DeliveryOutcome("dropped", note="malformed ids")) for t, d in malformed]
+    return dropped + _run_pairs(
+        task_type=task_type, pairs=pairs, redelivered=redelivered, worker=worker
+    )
+
+
+def _are_uuids(pair: tuple[str, str]) -> bool:
+    try:
+        uuid.UUID(pair[0]), uuid.UUID(pair[1])
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _run_pairs(
+    *, task_type: str, pairs: list[tuple[str, str]], redelivered: bool, worker: str
+) -> list[tuple[str, str, DeliveryOutcome]]:
+    if not pairs:
+        return []
+    spec = get_task_type(task_type)
+    if redelivered or spec is None or spec.message_batch_size < 2:
+        return [
+            (
+                task_id,
+                dispatch_id,
+                handle_delivery(
+                    task_id=task_id,
+                    dispatch_id=dispatch_id,
+                    task_type=task_type,
+                    redelivered=redelivered,
+                    worker=worker,
+                ),
+            )
+            for task_id, dispatch_id in pairs
+        ]
+
+    claimed = {
+        str(moved.task.id): moved.task
+        for moved in transition(
+            task_rows=Rows(
+                ids=[task_id for task_id, _ in pairs],
+                values={"dispatch_id": ("uuid[]", [dispatch_id for _, dispatch_id in pairs])},
+            ),
+            to=S.RUNNING,
+            allowed_from={S.QUEUED},
+            where="AND t.dispatch_id = r.dispatch_id AND t.type = %s",
+            where_params=(task_type,),
+            changes=_claim_changes(spec, tasks=len(pairs)),
+            attempt=AttemptStart(worker=worker),
+            note=f"claimed by {worker}",
+            columns=CLAIMED_COLUMNS,
+            wait_for_disk=False,  # as a single claim (docs/reliability.md)
+        )
+    }
+    outcomes: list[tuple[str, str, DeliveryOutcome]] = []
+    succeeded: list[tuple[Task, Succeeded]] = []
+    for task_id, dispatch_id in pairs:
+        task = claimed.get(task_id)
+        if task is None:
+            outcome = _not_claimed(
+                task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=False
+            )
+            outcomes.append((task_id, dispatch_id, outcome))
+            continue
+        ran = _run_handler(task, spec)
+        if isinstance(ran, Succeeded):
+            succeeded.append((task, ran))
+        else:
+            outcomes.append((task_id, dispatch_id, DeliveryOutcome("ran", status=ran)))
+    finished = _finish_succeeded(succeeded)
+    for task, _ in succeeded:
+        task_id = str(task.id)
+        status = S.SUCCEEDED if task_id in finished else _settled_elsewhere(task)
+        outcomes.append((task_id, str(task.dispatch_id), DeliveryOutcome("ran", status=status)))
+    return outcomes
+
+
+def _finish_succeeded(succeeded: list[tuple[Task, Succeeded]]) -> set[str]:
+    """running -> succeeded for each task of the attempt it ran, in one statement; the ids moved."""
+    if not succeeded:
+        return set()
+    moved = transition(
+        task_rows=Rows(
+            ids=[str(task.id) for task, _ in succeeded],
+            values={
+                "attempts": ("int[]", [task.attempts for task, _ in succeeded]),
+                "result": ("text[]", [ran.text for _, ran in succeeded]),
+            },
+        ),
+        to=S.SUCCEEDED,
+        allowed_from={S.RUNNING},
+        where="AND t.attempts = r.attempts",  # as _this_attempt, per row
+        changes={
+            "finished_at": Sql("statement_timestamp()"),
+            "lease_expires_at": None,
+            "error": "",
+            "result": Sql("r.result::jsonb"),
+            "progress": 100,
+        },
+        attempt=AttemptFinish(outcome=AttemptOutcome.SUCCEEDED),
+        note=Sql(f"'attempt ' || attempts || ': {AttemptOutcome.SUCCEEDED}'"),
+        columns=("id",),
+    )
+    return {str(each.task.id) for each in moved}
+
+
+def _settled_elsewhere(task: Task) -> str:
+    logger.warning("Attempt %s of task %s was settled elsewhere", task.attempts, task.id)
+    return Task.objects.filter(id=task.id).values_list("status", flat=True).first() or ""
+
+
 # What running a claimed task reads of it (handle_delivery, run_claimed, _finish and the
 # failure paths); any other field of the claimed Task is loaded from the row on first access.
 CLAIMED_COLUMNS = ("id", "type", "status", "payload", "attempts", "dispatch_id", "owner_id")
@@ -146,13 +325,7 @@ def _claim(
             allowed_from={S.QUEUED},
             where=f"AND t.dispatch_id = %s {type_where} {limit_where}",
             where_params=(dispatch_id, *type_params, *limit_params),
-            changes={
-                "attempts": Sql("t.attempts + 1"),
-                "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),
-                "lease_expires_at": timezone.now() + timedelta(seconds=_lease_seconds(spec)),
-                "progress": 0,
-                "progress_message": "",
-            },
+            changes=_claim_changes(spec),
             attempt=AttemptStart(worker=worker),
             note=f"claimed by {worker}",
             columns=CLAIMED_COLUMNS,
@@ -167,6 +340,17 @@ def _claim(
     with transaction.atomic():
         limits.lock_type_for_claim(spec.name)
         return claim()
+
+
+def _claim_changes(spec: TaskTypeSpec | None, *, tasks: int = 1) -> dict[str, object]:
+    lease = timedelta(seconds=_lease_seconds(spec, tasks=tasks))
+    return {
+        "attempts": Sql("t.attempts + 1"),
+        "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),
+        "lease_expires_at": timezone.now() + lease,
+        "progress": 0,
+        "progress_message": "",
+    }
 
 
 def _admit(
@@ -225,6 +409,20 @@ def _hold(
 
 def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
     """Run the handler of a task this worker has claimed, and record how the attempt ended."""
+    ran = _run_handler(task, spec)
+    if isinstance(ran, Succeeded):
+        return _finish(
+            task,
+            S.SUCCEEDED,
+            AttemptOutcome.SUCCEEDED,
+            changes={"result": ran.result, "progress": 100},
+        )
+    return ran
+
+
+def _run_handler(task: Task, spec: TaskTypeSpec | None) -> Succeeded | str:
+    """Run the handler of a claimed task: its result, or (any other ending, recorded here) the
+    status the task went to."""
     attempt = task.attempts
     bind_log_context(task_id=str(task.id), task_type=task.type, attempt=attempt)
     if spec is None:
@@ -249,15 +447,13 @@ def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
     except Exception as exc:
         return _failed_attempt(task, spec, exc)
     try:
-        result = json.loads(json.dumps(result))  # the result is stored as JSON, nothing else
+        # The result is stored as JSON, nothing else (nor what PostgreSQL's jsonb refuses).
+        text = json.dumps(result, allow_nan=False)
+        if "\\u0000" in text:
+            raise ValueError("a string holds the character U+0000")
+        return Succeeded(json.loads(text), text)
     except (TypeError, ValueError) as exc:
         return _finish_failed(task, f"The handler returned a result that is not JSON: {exc}")
-    return _finish(
-        task,
-        S.SUCCEEDED,
-        AttemptOutcome.SUCCEEDED,
-        changes={"result": result, "progress": 100},
-    )
 
 
 def _this_attempt(task: Task) -> tuple[str, tuple[object, ...]]:
@@ -291,8 +487,7 @@ def _finish(
         note=note or f"attempt {task.attempts}: {outcome}",
     )
     if not moved:
-        logger.warning("Attempt %s of task %s was settled elsewhere", task.attempts, task.id)
-        return Task.objects.filter(id=task.id).values_list("status", flat=True).first() or ""
+        return _settled_elsewhere(task)
     return to
 
 

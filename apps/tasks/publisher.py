@@ -8,6 +8,10 @@ first, then the broker's confirms (`basic.ack`, often one for many with `multipl
 together, so a batch of 1000 costs one wait for RabbitMQ's disk instead of 1000. Only the
 dispatches the broker acked get `published_at`; a nack, a timeout or a lost connection leaves the
 rest unset, for `services.republish_unconfirmed`.
+
+A message carries one task, or, for a type that runs in batches (`batch_size` in its handler:
+docs/handlers.md), up to that many tasks of the type that were published together: the worker
+claims and finishes them in one statement each (apps.tasks.execution.handle_batch).
 """
 
 import logging
@@ -39,6 +43,7 @@ from apps.tasks.states import TaskStatus
 logger = logging.getLogger(__name__)
 
 EXECUTE_TASK_NAME = "tasks.execute"
+EXECUTE_BATCH_TASK_NAME = "tasks.execute_batch"
 # Give the handler's own limit a margin before Celery's soft limit fires, and a second margin
 # before the hard kill.
 SOFT_LIMIT_MARGIN_SECONDS = 5
@@ -47,7 +52,7 @@ HARD_LIMIT_MARGIN_SECONDS = 30
 CONFIRM_WINDOW = 1000
 # Messages written to the socket at a time (about 100 KB).
 WRITE_BATCH = 128
-# Kinds of message (thread, queue, time limit, task type) a channel keeps templates for.
+# Kinds of message (thread, queue, time limit, task type, tasks) a channel keeps templates for.
 MAX_TEMPLATES_PER_CHANNEL = 512
 # How long to wait for a window's confirms before giving up on the unconfirmed ones (they stay
 # unmarked, and the releaser publishes them again).
@@ -63,6 +68,38 @@ class Dispatch:
     time_limit_seconds: int | None = None
     # Carried in the message so that the worker can admit and claim without reading the row first.
     task_type: str = ""
+
+
+# The dispatches one message carries: one, or a batch of a type that runs in batches.
+Message = tuple[Dispatch, ...]
+
+
+def messages_for(dispatches: Sequence[Dispatch]) -> list[Message]:
+    """Group dispatches into messages: of a type that runs in batches (`message_batch_size`),
+    up to that many of the same queue and limit together; every other dispatch alone."""
+    if len(dispatches) < 2:
+        return [(dispatch,) for dispatch in dispatches]
+    from apps.handlers.registry import get_task_type
+
+    sizes: dict[str, int] = {}
+    messages: list[Message] = []
+    open_batches: dict[tuple[str, str, int | None], list[Dispatch]] = {}
+    for dispatch in dispatches:
+        size = sizes.get(dispatch.task_type)
+        if size is None:
+            spec = get_task_type(dispatch.task_type) if dispatch.task_type else None
+            size = sizes[dispatch.task_type] = spec.message_batch_size if spec else 1
+        if size < 2:
+            messages.append((dispatch,))
+            continue
+        key = (dispatch.task_type, dispatch.queue, dispatch.time_limit_seconds)
+        batch = open_batches.setdefault(key, [])
+        batch.append(dispatch)
+        if len(batch) == size:
+            messages.append(tuple(batch))
+            del open_batches[key]
+    messages.extend(tuple(batch) for batch in open_batches.values())
+    return messages
 
 
 # --- the broker side -----------------------------------------------------------------------------
@@ -97,7 +134,7 @@ class _ConfirmChannel:
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.last_tag = 0
-        self.pending: dict[int, Dispatch] = {}
+        self.pending: dict[int, Message] = {}
         self.lowest = 1  # no tag below this is pending
         self.confirmed: list[Dispatch] = []
         self.nacked: list[Dispatch] = []
@@ -113,12 +150,12 @@ class _ConfirmChannel:
     def _settle(self, tag: int, multiple: bool, into: list[Dispatch]) -> None:
         if multiple:  # every tag up to this one
             for each in range(self.lowest, tag + 1):
-                dispatch = self.pending.pop(each, None)
-                if dispatch is not None:
-                    into.append(dispatch)
+                message = self.pending.pop(each, None)
+                if message is not None:
+                    into.extend(message)
             self.lowest = max(self.lowest, tag + 1)
-        elif (dispatch := self.pending.pop(tag, None)) is not None:
-            into.append(dispatch)
+        elif (message := self.pending.pop(tag, None)) is not None:
+            into.extend(message)
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
         self._settle(tag, multiple, self.confirmed)
@@ -126,9 +163,9 @@ class _ConfirmChannel:
     def _on_nack(self, tag: int, multiple: bool) -> None:
         self._settle(tag, multiple, self.nacked)
 
-    def sent(self, dispatch: Dispatch) -> None:
+    def sent(self, message: Message) -> None:
         self.last_tag += 1
-        self.pending[self.last_tag] = dispatch
+        self.pending[self.last_tag] = message
 
     def wait(self, timeout: float) -> None:
         """Read confirms until none is pending; socket.timeout if the broker is too slow."""
@@ -161,14 +198,13 @@ def _confirm_channel(conn: Connection) -> _ConfirmChannel:
     return found[1]
 
 
-def _send_window(conn: Connection, confirms: _ConfirmChannel, window: Sequence[Dispatch]) -> None:
+def _send_window(conn: Connection, confirms: _ConfirmChannel, window: Sequence[Message]) -> None:
     """Publish `window` on the confirm channel and wait until the broker settled every message."""
-    from apps.tasks.tasks import execute
     from taskflow.celery import app
 
     channel = confirms.channel
     queues = app.amqp.queues
-    for name in {d.queue for d in window} - confirms.declared:
+    for name in {m[0].queue for m in window} - confirms.declared:
         # As Celery's send_task_message does: the queue exists, with its arguments (dead letters).
         # Once per connection, as kombu's cache would (a new connection gets a new channel here).
         maybe_declare(queues[name], channel)
@@ -181,13 +217,14 @@ def _send_window(conn: Connection, confirms: _ConfirmChannel, window: Sequence[D
         templates.clear()
     thread_oid = app.thread_oid
     frames: list[bytes] = []
-    for dispatch in window:
-        key = (thread_oid, dispatch.queue, dispatch.time_limit_seconds, dispatch.task_type)
+    for message in window:
+        first = message[0]
+        key = (thread_oid, first.queue, first.time_limit_seconds, first.task_type, len(message))
         template = templates.get(key)
         if template is None:
-            template = templates[key] = _MessageTemplate(channel, dispatch, execute)
-        frames.append(template.frames(str(dispatch.task_id), str(dispatch.dispatch_id)))
-        confirms.sent(dispatch)
+            template = templates[key] = _MessageTemplate(channel, message)
+        frames.append(template.frames(message))
+        confirms.sent(message)
         if len(frames) == WRITE_BATCH:
             _write(channel, frames)
             frames = []
@@ -197,26 +234,34 @@ def _send_window(conn: Connection, confirms: _ConfirmChannel, window: Sequence[D
 
 
 def _message(
-    channel: Any, execute: Any, *, task_id: str, dispatch_id: str, task_type: str, limits: Any
+    channel: Any, *, ids: Sequence[tuple[str, str]], task_type: str, limit: int | None
 ) -> Any:
-    """The AMQP message `execute.apply_async` sends for a dispatch (a test compares the bytes)."""
+    """The AMQP message `execute.apply_async` (one (task_id, dispatch_id)) or
+    `execute_batch.apply_async` (several) sends for them (a test compares the bytes)."""
+    from apps.tasks.tasks import execute, execute_batch
     from taskflow.celery import app
 
-    # A list, as apply_async sends it (the stubs say tuple; the JSON is the same array).
-    args: Any = [task_id, dispatch_id, task_type]
-    # Celery's task protocol 2, as `execute.apply_async` builds it.
+    # Lists, as apply_async sends them (the stubs say tuple; the JSON is the same array).
+    args: Any
+    if len(ids) == 1:
+        task, name, args = execute, EXECUTE_TASK_NAME, [*ids[0], task_type]
+    else:
+        task, name = execute_batch, EXECUTE_BATCH_TASK_NAME
+        args = [task_type, [list(pair) for pair in ids]]
+    # Celery's task protocol 2, as `apply_async` builds it; the message id is the (first)
+    # dispatch id.
     headers, properties, body, _ = app.amqp.as_task_v2(
-        dispatch_id,
-        EXECUTE_TASK_NAME,
+        ids[0][1],
+        name,
         args,
         {},
         reply_to=app.thread_oid,
         origin=anon_nodename(),
-        # What Celery's saferepr gives for three short strings, without its cost.
+        # What Celery's saferepr gives for short strings, without its cost.
         argsrepr=repr(args),
         kwargsrepr="{}",
-        ignore_result=execute.ignore_result,
-        **limits,
+        ignore_result=task.ignore_result,
+        **time_limits(limit, tasks=len(ids), task=task),
     )
     # What kombu's Producer.publish does with these arguments, without its per-call options
     # handling.
@@ -244,33 +289,34 @@ class _FrameCapture:
 
 
 class _MessageTemplate:
-    """The frames of one message (basic.publish, content header, body), with its two ids as
-    holes: the messages of a batch differ only in their task and dispatch ids (36 characters
-    each, so no length in a frame changes).
+    """The frames of one message (basic.publish, content header, body), with its ids as holes:
+    the messages of a kind differ only in their task and dispatch ids (36 characters each, so
+    no length in a frame changes).
 
-    Made once per window and kind of message (queue, time limit, task type) by py-amqp's own
-    frame writer from the message `_message` builds; every message of the kind is then two
-    substitutions. Building each message with Celery and py-amqp was ~80 us (a third of a
+    Made once per kind of message (queue, time limit, task type, how many tasks) by py-amqp's
+    own frame writer from the message `_message` builds; every message of the kind is then a
+    substitution. Building each message with Celery and py-amqp was ~80 us (a third of a
     1000-task bulk request's Python time).
     """
 
-    def __init__(self, channel: Any, dispatch: Dispatch, execute: Any) -> None:
-        task_hole, dispatch_hole = str(uuid.uuid4()), str(uuid.uuid4())
+    def __init__(self, channel: Any, sample: Message) -> None:
+        ids = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in sample]
         message = _message(
             channel,
-            execute,
-            task_id=task_hole,
-            dispatch_id=dispatch_hole,
-            task_type=dispatch.task_type,
-            limits=_time_limits(dispatch, execute),
+            ids=ids,
+            task_type=sample[0].task_type,
+            limit=sample[0].time_limit_seconds,
         )
         capture = _FrameCapture(channel.connection.frame_max)
-        method_args = amqp_dumps("Bssbb", (0, "", dispatch.queue, False, False))
+        method_args = amqp_dumps("Bssbb", (0, "", sample[0].queue, False, False))
         frame_writer(capture, capture)(
             1, channel.channel_id, spec.Basic.Publish, method_args, message
         )
         frames = b"".join(capture.written)
-        holes = {task_hole.encode(): b"%(t)s", dispatch_hole.encode(): b"%(d)s"}
+        holes = {}
+        for number, (task_hole, dispatch_hole) in enumerate(ids):
+            holes[task_hole.encode()] = b"%%(t%d)s" % number
+            holes[dispatch_hole.encode()] = b"%%(d%d)s" % number
         found = re.split(b"(" + b"|".join(holes) + b")", frames)
         # Every id of the message's headers, properties and body is a hole (none was cut in
         # two by a frame boundary).
@@ -282,8 +328,18 @@ class _MessageTemplate:
             for index, part in enumerate(found)
         )
 
-    def frames(self, task_id: str, dispatch_id: str) -> bytes:
-        return self.format % {b"t": task_id.encode(), b"d": dispatch_id.encode()}
+    def frames(self, message: Message) -> bytes:
+        if len(message) == 1:  # the common case, without the loop
+            dispatch = message[0]
+            return self.format % {
+                b"t0": str(dispatch.task_id).encode(),
+                b"d0": str(dispatch.dispatch_id).encode(),
+            }
+        ids: dict[bytes, bytes] = {}
+        for number, dispatch in enumerate(message):
+            ids[b"t%d" % number] = str(dispatch.task_id).encode()
+            ids[b"d%d" % number] = str(dispatch.dispatch_id).encode()
+        return self.format % ids
 
 
 def _write(channel: Any, frames: list[bytes]) -> None:
@@ -295,14 +351,15 @@ def _write(channel: Any, frames: list[bytes]) -> None:
     connection.bytes_sent += len(frames)
 
 
-def _time_limits(dispatch: Dispatch, execute: Any) -> dict[str, Any]:
-    """The time limits `execute.apply_async` puts in a message: the type's own, or the defaults."""
-    if dispatch.time_limit_seconds:
+def time_limits(limit: int | None, *, tasks: int = 1, task: Any = None) -> dict[str, Any]:
+    """The time limits a message carries: the type's own `limit` (times the `tasks` of a batch,
+    which run one after another), or those `task` has (the defaults)."""
+    if limit:
         return {
-            "soft_time_limit": dispatch.time_limit_seconds + SOFT_LIMIT_MARGIN_SECONDS,
-            "time_limit": dispatch.time_limit_seconds + HARD_LIMIT_MARGIN_SECONDS,
+            "soft_time_limit": limit * tasks + SOFT_LIMIT_MARGIN_SECONDS,
+            "time_limit": limit * tasks + HARD_LIMIT_MARGIN_SECONDS,
         }
-    return {"soft_time_limit": execute.soft_time_limit, "time_limit": execute.time_limit}
+    return {"soft_time_limit": task.soft_time_limit, "time_limit": task.time_limit}
 
 
 def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
@@ -313,7 +370,7 @@ def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
     releaser. A message may then exist twice: the claim's dispatch_id check makes the copy harmless.
     """
     confirmed: list[Dispatch] = []
-    todo = list(dispatches)
+    todo = messages_for(dispatches)
     for attempt in (1, 2):
         conn = pools.connections[_connection()].acquire(block=True)
         confirms: _ConfirmChannel | None = None
@@ -336,14 +393,14 @@ def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
                 done, _ = confirms.take_results()  # some of the window may have been confirmed
                 confirmed.extend(done)
                 acked = {id(d) for d in done}
-                todo = [d for d in todo if id(d) not in acked]
+                todo = [m for m in todo if id(m[0]) not in acked]
             _confirm_channels.pop(conn, None)
             conn.collect()  # drop the broken connection: the pool opens a new one
             known = isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError))
             logger.log(
                 logging.INFO if attempt == 1 else logging.WARNING,
                 "Could not publish %d task(s)%s: %r",
-                len(todo),
+                sum(len(message) for message in todo),
                 " (trying a new connection)" if attempt == 1 else " (will publish again)",
                 exc,
                 exc_info=not known,
@@ -376,10 +433,13 @@ def _mark_published(dispatches: Sequence[Dispatch]) -> None:
             )
 
 
+# The rows are locked in id order first, as every multi-row change of tasks does (a batch's
+# claim: apps.tasks.transitions.Rows): two statements locking rows in different orders deadlock.
 _MARK_PUBLISHED_SQL = (
-    f"UPDATE {Task._meta.db_table} SET published_at = %s "  # noqa: S608 (a table name)
-    "WHERE status = %s AND (id, dispatch_id) IN "
+    f"UPDATE {Task._meta.db_table} t SET published_at = %s FROM ("  # noqa: S608 (a table name)
+    f"SELECT id FROM {Task._meta.db_table} WHERE status = %s AND (id, dispatch_id) IN "
     "(SELECT * FROM unnest(string_to_array(%s, ',')::uuid[], string_to_array(%s, ',')::uuid[]))"
+    " ORDER BY id FOR UPDATE) locked WHERE t.id = locked.id"
 )
 
 
@@ -499,20 +559,39 @@ def dispatch_for(task: Task) -> Dispatch:
     )
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    task_id: uuid.UUID | str
+    dispatch_id: uuid.UUID | str | None
+    reason: str
+
+
 def publish_dead_letter(*, task_id: uuid.UUID, dispatch_id: uuid.UUID | None, reason: str) -> None:
     """Put a record in the dead-letter queue for a task that failed with no message to reject.
 
     (A running attempt whose lease expired: its message is gone or held by a stuck worker.)
     """
+    publish_dead_letters([DeadLetter(task_id, dispatch_id, reason)])
+
+
+def publish_dead_letters(records: Sequence[DeadLetter]) -> None:
+    """Records in the dead-letter queue, each confirmed by the broker (else an error is raised):
+    also for the tasks of a batched message that failed for good (the message, which carried
+    others too, is not rejected)."""
     from taskflow.celery import app
 
-    with Connection(app.conf.broker_url, connect_timeout=3) as conn:
+    if not records:
+        return
+    with Connection(
+        app.conf.broker_url, connect_timeout=3, transport_options={"confirm_publish": True}
+    ) as conn:
         producer = Producer(conn.channel(), exchange=dead_letter_exchange)
-        producer.publish(
-            {"task_id": str(task_id), "dispatch_id": str(dispatch_id or "")},
-            routing_key=DEAD_LETTER_EXCHANGE_NAME,
-            headers={"x-taskflow-reason": reason, "task": EXECUTE_TASK_NAME},
-            declare=[dead_letter_exchange],
-            serializer="json",
-            delivery_mode=2,
-        )
+        for record in records:
+            producer.publish(
+                {"task_id": str(record.task_id), "dispatch_id": str(record.dispatch_id or "")},
+                routing_key=DEAD_LETTER_EXCHANGE_NAME,
+                headers={"x-taskflow-reason": record.reason, "task": EXECUTE_TASK_NAME},
+                declare=[dead_letter_exchange],
+                serializer="json",
+                delivery_mode=2,
+            )

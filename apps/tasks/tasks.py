@@ -1,6 +1,9 @@
 """Celery entry points. Thin: they take ids and call services."""
 
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
@@ -15,6 +18,18 @@ from apps.tasks.topology import declare_topology
 DATABASE_AWAY_PAUSE_SECONDS = 1.0
 
 
+@contextmanager
+def _requeued_while_database_away() -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        # The database is away. Hand the message back (it comes back marked redelivered, which
+        # settles an attempt that had already started) after a pause, so as not to spin.
+        close_old_connections()
+        time.sleep(DATABASE_AWAY_PAUSE_SECONDS)
+        raise Reject(f"database unavailable: {exc}", requeue=True) from exc
+
+
 @shared_task(  # type: ignore[call-overload]
     name="tasks.execute",
     bind=True,
@@ -26,7 +41,7 @@ DATABASE_AWAY_PAUSE_SECONDS = 1.0
 )
 def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> str:
     delivery_info = self.request.delivery_info or {}
-    try:
+    with _requeued_while_database_away():
         outcome = execution.handle_delivery(
             task_id=task_id,
             dispatch_id=dispatch_id,
@@ -34,16 +49,39 @@ def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> s
             redelivered=bool(delivery_info.get("redelivered")),
             worker=f"{self.request.hostname}",
         )
-    except (OperationalError, InterfaceError) as exc:
-        # The database is away. Hand the message back (it comes back marked redelivered, which
-        # settles an attempt that had already started) after a pause, so as not to spin.
-        close_old_connections()
-        time.sleep(DATABASE_AWAY_PAUSE_SECONDS)
-        raise Reject(f"database unavailable: {exc}", requeue=True) from exc
     if outcome.dead_letter:
         # Failed for good: the message goes to the dead-letter exchange (see apps.tasks.queues).
         raise Reject(f"task {task_id} failed: {outcome.note or outcome.status}", requeue=False)
     return outcome.action
+
+
+@shared_task(  # type: ignore[call-overload]
+    name="tasks.execute_batch",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    acks_on_timeout=False,
+    ignore_result=True,
+)
+def execute_batch(self: Any, task_type: str, pairs: list[list[str]]) -> dict[str, int]:
+    """Several tasks of a type that runs in batches (apps.tasks.execution.handle_batch). The
+    message is acknowledged when every task in it is settled; any that failed for good went to
+    the dead-letter queue as a record of its own. Handed back whole if the database or the
+    broker is away: its redelivery settles task by task what had started."""
+    delivery_info = self.request.delivery_info or {}
+    try:
+        with _requeued_while_database_away():
+            outcomes = execution.handle_batch(
+                task_type=task_type,
+                pairs=[(str(task_id), str(dispatch_id)) for task_id, dispatch_id in pairs],
+                redelivered=bool(delivery_info.get("redelivered")),
+                worker=f"{self.request.hostname}",
+                queue=str(delivery_info.get("routing_key") or ""),
+            )
+    except execution.DeadLettersNotPublished as exc:
+        time.sleep(DATABASE_AWAY_PAUSE_SECONDS)
+        raise Reject(str(exc), requeue=True) from exc
+    return dict(Counter(outcome.action for _, _, outcome in outcomes))
 
 
 @shared_task(name="tasks.release_due", ignore_result=True, acks_late=False)

@@ -1,5 +1,6 @@
 """Direct access to RabbitMQ for tests: queue depths, and the dead-letter queue's messages."""
 
+import json
 import os
 import subprocess
 from typing import Any
@@ -40,6 +41,10 @@ class BrokerProbe:
             out.append(message)
         return out
 
+    def task_ids(self, queue: str) -> list[str]:
+        """Take every message of the queue: the task ids they carry, each message's in order."""
+        return [task_id for message in self.drain(queue) for task_id in tasks_in(message)]
+
     def purge_all(self) -> None:
         for queue in [*TaskQueue, DEAD_LETTER_QUEUE_NAME]:
             self.channel.queue_purge(str(queue))
@@ -75,3 +80,11 @@ def rabbitmqctl(*args: str) -> str:
 
 def vhost_url(session_url: str, vhost: str) -> str:
     return urlparse(session_url)._replace(path=f"/{vhost}").geturl()
+
+
+def tasks_in(message: Any) -> list[str]:
+    """The task ids an execution message carries: tasks.execute one, tasks.execute_batch several."""
+    args = json.loads(message.body)[0]
+    if message.headers["task"] == "tasks.execute_batch":
+        return [task_id for task_id, _ in args[1]]
+    return [args[0]]

@@ -80,3 +80,24 @@ def limited(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     with open(payload["marker"], "a") as marker:  # one short append: not interleaved
         marker.write(f"{ctx.task_id} {started:.6f} {ended:.6f} {os.getpid()}\n")
     return {"started": started, "ended": ended}
+
+
+@handler("test_batched", payload=AnyPayload, time_limit_seconds=20, batch_size=4, max_retries=2)
+def batched(ctx: TaskContext, payload: dict[str, Any]) -> Any:
+    """A type that runs in batches (4 to a message). Its payload says what to do: `fail`
+    ("permanent", or "retryable" on the first `times` attempts), `nan` (a result jsonb refuses),
+    `crash_marker` (kill its own process the first time, when that file does not exist yet),
+    `sleep` (seconds); otherwise it returns its payload."""
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    marker = payload.get("crash_marker")
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if payload.get("fail") == "permanent":
+        raise PermanentError("this input can never work")
+    if payload.get("fail") == "retryable" and ctx.attempt <= int(payload.get("times", 1)):
+        raise RetryableError(f"planned failure {ctx.attempt}", retry_after=0)
+    if payload.get("nan"):
+        return {"value": float("nan")}
+    return payload

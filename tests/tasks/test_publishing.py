@@ -1,5 +1,6 @@
 """The row commits first, the message follows; a message the broker never took is sent again."""
 
+import dataclasses
 import subprocess
 import threading
 import uuid
@@ -9,6 +10,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from apps.handlers.registry import RateLimit
 from apps.tasks import publisher, services
 from apps.tasks.models import Task
 from apps.tasks.publisher import Dispatch
@@ -161,12 +163,13 @@ def test_a_batched_message_is_what_apply_async_sends(broker, time_limit):
     )
 
 
+@pytest.mark.django_db
 def test_every_message_of_a_mixed_batch_is_what_apply_async_sends(broker):
     """The batch publisher fills one message template per kind (queue, time limit, type) with
     each dispatch's ids: every message is still apply_async's, with its own ids."""
 
     batch = [
-        *_dispatches(2, queue="io", task_type="echo"),
+        *_dispatches(2, queue="io", task_type="send_email"),
         *_dispatches(1, queue="io", time_limit_seconds=60, task_type="fetch_url"),
         *_dispatches(2, queue="io", task_type="long_computation"),
     ]
@@ -231,8 +234,65 @@ def test_a_batch_is_confirmed_and_marked_in_one_update(user, broker, django_asse
     dispatches = [publisher.dispatch_for(t) for t in tasks] + _dispatches(1200)
     with django_assert_num_queries(1):
         assert publisher.publish_now(dispatches) == 1203  # more than one confirm window
-    assert broker.depth(TaskQueue.DEFAULT) == 1203
+    assert broker.depth(TaskQueue.DEFAULT) == 1 + 1200  # the three echo tasks share a message
     assert not Task.objects.filter(published_at__isnull=True).exists()
+
+
+def _send_batch_with_celery(batch: list[Dispatch], *, queue: str, **limits: Any) -> None:
+    from apps.tasks.tasks import execute_batch
+
+    execute_batch.apply_async(
+        args=[batch[0].task_type, [[str(d.task_id), str(d.dispatch_id)] for d in batch]],
+        task_id=str(batch[0].dispatch_id),
+        queue=queue,
+        routing_key=queue,
+        **limits,
+    )
+
+
+@pytest.mark.django_db
+def test_a_type_with_a_batch_size_shares_messages_that_are_what_apply_async_sends(broker):
+    """echo has batch_size 8 and a 30 s limit: 19 of its dispatches published together are
+    messages of 8, 8 and 3 tasks (each limited to 30 s per task), in the order given; the others
+    keep a message each. Every message is byte for byte execute_batch.apply_async's."""
+    echo = _dispatches(19, queue="io", time_limit_seconds=30, task_type="echo")
+    other = _dispatches(2, queue="io", task_type="send_email")
+    batches = [echo[:8], echo[8:16], echo[16:]]
+    for batch in batches:
+        tasks = len(batch)
+        _send_batch_with_celery(
+            batch, queue="io", soft_time_limit=30 * tasks + 5, time_limit=30 * tasks + 30
+        )
+    for dispatch in other:
+        _send_with_celery(dispatch)
+    assert sorted(map(str, publisher.publish([*echo[:10], other[0], *echo[10:], other[1]]))) == (
+        sorted(map(str, echo + other))
+    )
+    celery_sent = [broker.get(TaskQueue.IO) for _ in range(5)]
+    ours = [broker.get(TaskQueue.IO) for _ in range(5)]
+    assert broker.get(TaskQueue.IO) is None
+    by_id = {m.headers["id"]: m for m in ours}
+    assert [m.headers["task"] for m in celery_sent[:3]] == ["tasks.execute_batch"] * 3
+    assert [_as_received(by_id[m.headers["id"]]) for m in celery_sent] == [
+        _as_received(m) for m in celery_sent
+    ]
+    assert by_id[str(echo[16].dispatch_id)].headers["timelimit"] == [3 * 30 + 30, 3 * 30 + 5]
+
+
+def test_a_batch_size_needs_a_time_limit_and_stays_under_the_consumer_timeout(settings):
+    from apps.handlers.registry import code_task_types, handler
+
+    with pytest.raises(ValueError, match="needs time_limit_seconds"):
+        handler("batched_without_limit", batch_size=4)
+    echo = code_task_types()["echo"]
+    assert echo.message_batch_size == 8
+    settings.TASKFLOW = {**settings.TASKFLOW, "MESSAGE_BATCH_MAX": 5}
+    assert echo.message_batch_size == 5
+    settings.TASKFLOW = {**settings.TASKFLOW, "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": 131}
+    assert echo.message_batch_size == 3  # 3 x 30 s + 30 s of margin < 131 s
+    assert dataclasses.replace(echo, rate_limit=RateLimit.parse("5/s")).message_batch_size == 1
+    assert dataclasses.replace(echo, concurrency_limit=2).message_batch_size == 1
+    assert dataclasses.replace(echo, enabled=False).message_batch_size == 1
 
 
 @pytest.fixture
@@ -262,7 +322,11 @@ def queue_holding_two(rabbitmq_vhost: str) -> Any:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_nacked_messages_stay_unpublished_and_are_published_again(user, broker, queue_holding_two):
+def test_nacked_messages_stay_unpublished_and_are_published_again(
+    user, broker, queue_holding_two, settings
+):
+    settings.TASKFLOW = {**settings.TASKFLOW, "MESSAGE_BATCH_MAX": 1}  # a message per echo task
+
     def applied() -> bool:  # policies apply asynchronously
         publisher.publish(_dispatches(3))
         return broker.depth(TaskQueue.DEFAULT) == 2
@@ -297,7 +361,8 @@ def test_a_web_process_marks_published_off_the_request(user, broker, marks_in_a_
     assert response.status_code == 201
     items = [{"type": "echo", "payload": {"n": n}} for n in range(20)]
     assert api.post("/api/tasks/bulk", {"tasks": items}, format="json").status_code == 201
-    assert broker.depth(TaskQueue.DEFAULT) == 21  # confirmed before the answer
+    # Confirmed before the answer; the bulk's 20 echo tasks go up to 8 to a message.
+    assert broker.depth(TaskQueue.DEFAULT) == 1 + 3
     wait_for(
         lambda: not Task.objects.filter(published_at__isnull=True).exists(),
         what="the thread to mark 21 tasks published",

@@ -123,3 +123,37 @@ def test_sigterm_lets_the_running_task_finish(user, broker):
     task.refresh_from_db()
     assert task.status == S.SUCCEEDED
     assert task.attempts == 1
+
+
+def test_a_batched_type_runs_four_to_a_message_and_a_killed_pool_process_loses_nothing(
+    user, broker, tmp_path: Path
+):
+    """test_batched has batch_size 4: eight tasks created together are two messages, each
+    claimed in one statement. The second task kills its pool process the first time: the
+    message comes back, and its four tasks (claimed, none finished: a batch records its
+    successes at its end) count one lost attempt each and run again; the other batch is not
+    touched."""
+    payloads: list[dict[str, Any]] = [{"n": n} for n in range(8)]
+    payloads[1] = {"crash_marker": str(tmp_path / "crashed")}
+    created = services.task_create_bulk(
+        owner=user, items=[{"type": "test_batched", "payload": p} for p in payloads]
+    )
+    tasks = [Task.objects.get(id=new.id) for new in created]
+    with processes.running("beat"), processes.running("worker", WORKER_CONCURRENCY="2"):
+        for task in tasks:
+            wait_status(task, S.SUCCEEDED, timeout=60)
+    assert (tmp_path / "crashed").exists()
+    outcomes = [
+        list(
+            TaskAttempt.objects.filter(task=t).order_by("number").values_list("outcome", flat=True)
+        )
+        for t in tasks
+    ]
+    assert outcomes[:4] == [[AttemptOutcome.LOST, AttemptOutcome.SUCCEEDED]] * 4
+    assert outcomes[4:] == [[AttemptOutcome.SUCCEEDED]] * 4
+    first_starts = [
+        TaskAttempt.objects.get(task=t, number=1).started_at for t in tasks
+    ]  # one claim statement per message
+    assert len(set(first_starts[:4])) == 1 and len(set(first_starts[4:])) == 1
+    assert [t.result for t in tasks[4:]] == payloads[4:]
+    assert broker.depth(DEAD_LETTER_QUEUE_NAME) == 0

@@ -1,0 +1,197 @@
+"""Batched messages: several tasks of a type with a batch_size in one message, claimed and
+finished in one statement each (apps.tasks.execution.handle_batch), against the real database
+and broker."""
+
+import dataclasses
+import json
+from typing import Any
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.handlers.registry import RateLimit, get_task_type
+from apps.tasks import services
+from apps.tasks.deadletters import handle_dead_letter, parse_dead_letters
+from apps.tasks.execution import handle_batch
+from apps.tasks.models import AttemptOutcome, Task, TaskAttempt, TaskStatusChange
+from apps.tasks.queues import DEAD_LETTER_QUEUE_NAME
+from apps.tasks.states import TaskStatus
+from tests.tasks.factories import create_task
+
+S = TaskStatus
+
+
+def run_batch(tasks: list[Task], *, redelivered: bool = False) -> list[Any]:
+    for task in tasks:
+        task.refresh_from_db()
+    return handle_batch(
+        task_type=tasks[0].type,
+        pairs=[(str(t.id), str(t.dispatch_id)) for t in tasks],
+        redelivered=redelivered,
+        worker="test-worker",
+        queue="default",
+    )
+
+
+def statuses(tasks: list[Task]) -> list[str]:
+    by_id = dict(Task.objects.filter(id__in=[t.id for t in tasks]).values_list("id", "status"))
+    return [by_id[t.id] for t in tasks]
+
+
+def test_a_batch_is_claimed_and_finished_in_one_statement_each(user, settings):
+    settings.DATABASE_PREPARED_STATEMENTS = False  # Django's cursor, which the capture sees
+    tasks = [create_task(user, "echo", {"n": n}) for n in range(5)]
+    pairs = [(str(t.id), str(t.dispatch_id)) for t in tasks]
+    get_task_type("echo")  # the type cache, warm as in a running worker
+    with CaptureQueriesContext(connection) as queries:
+        outcomes = handle_batch(task_type="echo", pairs=pairs, redelivered=False, worker="w")
+    assert [o.status for _, _, o in outcomes] == [S.SUCCEEDED] * 5
+    sql = [str(q["sql"]) for q in queries.captured_queries]
+    touching_tasks = [q for q in sql if "tasks_task" in q]
+    assert len(touching_tasks) == 2  # the claim and the finish
+    for n, task in enumerate(tasks):
+        task.refresh_from_db()
+        assert (task.status, task.result, task.attempts, task.progress) == (
+            S.SUCCEEDED,
+            {"n": n},
+            1,
+            100,
+        )
+        assert task.finished_at is not None and task.lease_expires_at is None
+        history = list(
+            TaskStatusChange.objects.filter(task=task)
+            .order_by("id")
+            .values_list("from_status", "to_status", "note")
+        )
+        assert history[1:] == [
+            (S.QUEUED, S.RUNNING, "claimed by w"),
+            (S.RUNNING, S.SUCCEEDED, "attempt 1: succeeded"),
+        ]
+        attempt = TaskAttempt.objects.get(task=task)
+        assert (attempt.outcome, attempt.worker) == (AttemptOutcome.SUCCEEDED, "w")
+    # One claim statement: every task started at the same statement time.
+    assert len({t.started_at for t in tasks}) == 1
+
+
+def test_each_task_of_a_batch_ends_its_own_way(user, broker):
+    ok = create_task(user, "test_batched", {"say": "hi"})
+    retried = create_task(user, "test_batched", {"fail": "retryable"})
+    failed = create_task(user, "test_batched", {"fail": "permanent"})
+    not_json = create_task(user, "test_batched", {"nan": True})
+    outcomes = run_batch([ok, retried, failed, not_json])
+    by_id = {task_id: outcome for task_id, _, outcome in outcomes}
+    assert statuses([ok, retried, failed, not_json]) == [
+        S.SUCCEEDED,
+        S.RETRYING,
+        S.FAILED,
+        S.FAILED,
+    ]
+    assert by_id[str(failed.id)].dead_letter and by_id[str(not_json.id)].dead_letter
+    ok.refresh_from_db()
+    assert ok.result == {"say": "hi"}
+    not_json.refresh_from_db()
+    assert "not JSON: Out of range float values" in not_json.error
+
+    # The failed ones could not reject the message (it carried the others): a record each.
+    records = [broker.get(DEAD_LETTER_QUEUE_NAME) for _ in range(2)]
+    assert broker.get(DEAD_LETTER_QUEUE_NAME) is None
+    bodies = [json.loads(record.body) for record in records]
+    assert {b["task_id"] for b in bodies} == {str(failed.id), str(not_json.id)}
+    assert records[0].headers["x-taskflow-reason"] == (
+        "failed in a batched message from queue default"
+    )
+
+
+def test_a_batch_record_in_the_dead_letter_queue_is_recorded_on_its_task(user, broker):
+    failed = create_task(user, "test_batched", {"fail": "permanent"})
+    run_batch([failed, create_task(user, "test_batched", {})])
+    record = broker.channel.basic_get(queue=DEAD_LETTER_QUEUE_NAME, no_ack=False)
+
+    class Acked:
+        headers = record.headers
+        acked = False
+
+        def ack(self) -> None:
+            self.acked = True
+
+    message = Acked()
+    handle_dead_letter(record.body, message)  # type: ignore[arg-type]
+    assert message.acked
+    failed.refresh_from_db()
+    assert failed.dead_lettered_at is not None
+    assert failed.dead_letter_reason == "failed in a batched message from queue default"
+
+
+def test_stale_duplicate_and_cancelled_entries_of_a_batch_do_not_run(user):
+    fresh = create_task(user, "echo", {"n": 1})
+    cancelled = create_task(user, "echo", {"n": 2})
+    services.task_cancel(task=cancelled, actor=user)
+    stale = create_task(user, "echo", {"n": 3})
+    done = create_task(user, "echo", {"n": 4})
+    run_batch([done])
+    for task in (fresh, cancelled, stale, done):
+        task.refresh_from_db()
+    pairs = [
+        (str(fresh.id), str(fresh.dispatch_id)),
+        (str(fresh.id), str(fresh.dispatch_id)),  # twice in one message: run once
+        (str(cancelled.id), str(cancelled.dispatch_id)),
+        (str(stale.id), "00000000-0000-4000-8000-000000000000"),
+        (str(done.id), str(done.dispatch_id)),
+    ]
+    outcomes = handle_batch(task_type="echo", pairs=pairs, redelivered=False, worker="w")
+    actions = {task_id: (o.action, o.note) for task_id, _, o in outcomes}
+    assert len(outcomes) == 4
+    assert actions[str(fresh.id)] == ("ran", "")
+    assert actions[str(cancelled.id)][0] == "dropped"
+    assert actions[str(stale.id)] == ("dropped", "stale message")
+    assert actions[str(done.id)] == ("dropped", "duplicate message")
+    assert statuses([fresh, cancelled, stale, done]) == [
+        S.SUCCEEDED,
+        S.CANCELLED,
+        S.QUEUED,
+        S.SUCCEEDED,
+    ]
+    assert TaskAttempt.objects.filter(task=fresh).count() == 1
+
+
+def test_a_redelivered_batch_settles_what_its_lost_worker_left_running(user):
+    """The worker died mid-batch: the claimed tasks are running, one had finished. Redelivered,
+    the message goes task by task: the running ones are lost attempts, retried."""
+    tasks = [create_task(user, "test_batched", {"n": n}) for n in range(3)]
+    pairs = [(str(t.id), str(t.dispatch_id)) for t in tasks]
+    finished, *running = tasks
+    Task.objects.filter(id__in=[t.id for t in tasks]).update(status=S.RUNNING, attempts=1)
+    Task.objects.filter(id=finished.id).update(status=S.SUCCEEDED)
+    for task in tasks:
+        TaskAttempt.objects.create(task=task, number=1, started_at=task.created_at)
+    outcomes = handle_batch(task_type="test_batched", pairs=pairs, redelivered=True, worker="w")
+    assert sorted(o.action for _, _, o in outcomes) == ["dropped", "lost", "lost"]
+    assert statuses(tasks) == [S.SUCCEEDED, S.RETRYING, S.RETRYING]
+    lost = TaskAttempt.objects.filter(task__in=running).values_list("outcome", flat=True)
+    assert list(lost) == [AttemptOutcome.LOST] * 2
+
+
+def test_a_batch_whose_type_got_a_rate_limit_goes_task_by_task(user, monkeypatch):
+    """Published as a batch, then staff set a rate limit: each task is admitted on its own (the
+    second is held by the limit, not run)."""
+    tasks = [create_task(user, "test_batched", {"n": n}) for n in range(2)]
+    spec = get_task_type("test_batched")
+    assert spec is not None
+    limited = dataclasses.replace(spec, rate_limit=RateLimit.parse("1/min"))
+    monkeypatch.setattr("apps.tasks.execution.get_task_type", lambda name: limited)
+    outcomes = run_batch(tasks)
+    assert sorted(o.action for _, _, o in outcomes) == ["held", "ran"]
+    assert sorted(statuses(tasks)) == sorted([S.SUCCEEDED, S.POSTPONED])
+
+
+def test_a_dead_lettered_batched_message_names_each_of_its_tasks():
+    body = [["echo", [["t1", "d1"], ["t2", "d2"]]], {}, {}]
+    headers = {"x-death": [{"reason": "expired", "queue": "default", "count": 1}]}
+    parsed = parse_dead_letters(json.dumps(body), headers)
+    assert [(p["task_id"], p["dispatch_id"], p["reason"]) for p in parsed] == [
+        ("t1", "d1", "expired from queue default"),
+        ("t2", "d2", "expired from queue default"),
+    ]
+    single = parse_dead_letters([["t3", "d3", "echo"], {}, {}], {})
+    assert [(p["task_id"], p["dispatch_id"]) for p in single] == [("t3", "d3")]
+    assert parse_dead_letters({"other": 1}, {}) == []
