@@ -245,9 +245,12 @@ def _message(
     args: Any
     if len(ids) == 1:
         task, name, args = execute, EXECUTE_TASK_NAME, [*ids[0], task_type]
+        # What Celery's saferepr gives for short strings, without its cost.
+        argsrepr = repr(args)
     else:
         task, name = execute_batch, EXECUTE_BATCH_TASK_NAME
         args = [task_type, [list(pair) for pair in ids]]
+        argsrepr = batch_argsrepr(task_type, len(ids))
     # Celery's task protocol 2, as `apply_async` builds it; the message id is the (first)
     # dispatch id.
     headers, properties, body, _ = app.amqp.as_task_v2(
@@ -257,8 +260,7 @@ def _message(
         {},
         reply_to=app.thread_oid,
         origin=anon_nodename(),
-        # What Celery's saferepr gives for short strings, without its cost.
-        argsrepr=repr(args),
+        argsrepr=argsrepr,
         kwargsrepr="{}",
         ignore_result=task.ignore_result,
         **time_limits(limit, tasks=len(ids), task=task),
@@ -274,6 +276,12 @@ def _message(
         headers,
         {"delivery_mode": 2, **properties},
     )
+
+
+def batch_argsrepr(task_type: str, tasks: int) -> str:
+    """A batched message's `argsrepr` (what logs and monitors show of its arguments): Celery's
+    own would be its ids cut at 1024 characters, one of them in two."""
+    return f"[{task_type!r}, <{tasks} tasks>]"
 
 
 class _FrameCapture:

@@ -25,7 +25,7 @@ def test_bulk_create_makes_every_task_and_publishes_the_queued_ones(api, user, b
     assert TaskStatusChange.objects.filter(task__owner=user, note="created").count() == 301
     queued = {str(i) for i in Task.objects.filter(status="queued").values_list("id", flat=True)}
     assert Task.objects.filter(owner=user, published_at__isnull=False).count() == 300
-    # echo runs in batches: its 300 tasks are in messages of up to 8, each task once.
+    # echo runs in batches: its 300 tasks are in messages of up to 16, each task once.
     carried: list[str] = []
 
     def all_carried() -> bool:

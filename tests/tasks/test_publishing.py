@@ -243,6 +243,7 @@ def _send_batch_with_celery(batch: list[Dispatch], *, queue: str, **limits: Any)
 
     execute_batch.apply_async(
         args=[batch[0].task_type, [[str(d.task_id), str(d.dispatch_id)] for d in batch]],
+        argsrepr=publisher.batch_argsrepr(batch[0].task_type, len(batch)),
         task_id=str(batch[0].dispatch_id),
         queue=queue,
         routing_key=queue,
@@ -252,12 +253,12 @@ def _send_batch_with_celery(batch: list[Dispatch], *, queue: str, **limits: Any)
 
 @pytest.mark.django_db
 def test_a_type_with_a_batch_size_shares_messages_that_are_what_apply_async_sends(broker):
-    """echo has batch_size 8 and a 30 s limit: 19 of its dispatches published together are
-    messages of 8, 8 and 3 tasks (each limited to 30 s per task), in the order given; the others
+    """echo has batch_size 16 and a 30 s limit: 35 of its dispatches published together are
+    messages of 16, 16 and 3 tasks (each limited to 30 s per task), in the order given; the others
     keep a message each. Every message is byte for byte execute_batch.apply_async's."""
-    echo = _dispatches(19, queue="io", time_limit_seconds=30, task_type="echo")
+    echo = _dispatches(35, queue="io", time_limit_seconds=30, task_type="echo")
     other = _dispatches(2, queue="io", task_type="send_email")
-    batches = [echo[:8], echo[8:16], echo[16:]]
+    batches = [echo[:16], echo[16:32], echo[32:]]
     for batch in batches:
         tasks = len(batch)
         _send_batch_with_celery(
@@ -276,7 +277,7 @@ def test_a_type_with_a_batch_size_shares_messages_that_are_what_apply_async_send
     assert [_as_received(by_id[m.headers["id"]]) for m in celery_sent] == [
         _as_received(m) for m in celery_sent
     ]
-    assert by_id[str(echo[16].dispatch_id)].headers["timelimit"] == [3 * 30 + 30, 3 * 30 + 5]
+    assert by_id[str(echo[32].dispatch_id)].headers["timelimit"] == [3 * 30 + 30, 3 * 30 + 5]
 
 
 def test_a_batch_size_needs_a_time_limit_and_stays_under_the_consumer_timeout(settings):
@@ -285,7 +286,7 @@ def test_a_batch_size_needs_a_time_limit_and_stays_under_the_consumer_timeout(se
     with pytest.raises(ValueError, match="needs time_limit_seconds"):
         handler("batched_without_limit", batch_size=4)
     echo = code_task_types()["echo"]
-    assert echo.message_batch_size == 8
+    assert echo.message_batch_size == 16
     settings.TASKFLOW = {**settings.TASKFLOW, "MESSAGE_BATCH_MAX": 5}
     assert echo.message_batch_size == 5
     settings.TASKFLOW = {**settings.TASKFLOW, "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": 131}
@@ -361,8 +362,8 @@ def test_a_web_process_marks_published_off_the_request(user, broker, marks_in_a_
     assert response.status_code == 201
     items = [{"type": "echo", "payload": {"n": n}} for n in range(20)]
     assert api.post("/api/tasks/bulk", {"tasks": items}, format="json").status_code == 201
-    # Confirmed before the answer; the bulk's 20 echo tasks go up to 8 to a message.
-    assert broker.depth(TaskQueue.DEFAULT) == 1 + 3
+    # Confirmed before the answer; the bulk's 20 echo tasks go up to 16 to a message.
+    assert broker.depth(TaskQueue.DEFAULT) == 1 + 2
     wait_for(
         lambda: not Task.objects.filter(published_at__isnull=True).exists(),
         what="the thread to mark 21 tasks published",
