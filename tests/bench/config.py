@@ -17,6 +17,11 @@ class BenchConfig:
     bulk_requests: int = 20
     bulk_size: int = 1000
     latency_seconds: float = 20.0  # the half-peak-rate run
+    # It creates as the pipeline does (the bulk service), this many tasks a call.
+    latency_per_call: int = 10
+    # Then single creates (one task a call, as POST /api/tasks), at most this rate: no target.
+    single_latency_rate: float = 250.0
+    single_latency_seconds: float = 10.0
     postponed_n: int = 2000
     postponed_spread: float = 30.0
     memory_total: int = 100_000  # RSS sampled at half of it and at it (succeeded tasks in total)
@@ -49,6 +54,7 @@ QUICK = {
     "bulk_requests": 3,
     "bulk_size": 250,
     "latency_seconds": 3.0,
+    "single_latency_seconds": 2.0,
     "postponed_n": 200,
     "postponed_spread": 3.0,
     "memory_total": 8000,

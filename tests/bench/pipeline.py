@@ -258,21 +258,28 @@ def remove_unfinished(*, users: list[User], broker: Broker) -> int:
 
 
 def latency(
-    *, user: User, rate: float, seconds: float, threads: int = 4, warmup: float = 1.0
+    *,
+    user: User,
+    rate: float,
+    seconds: float,
+    threads: int = 4,
+    warmup: float = 1.0,
+    per_call: int = 1,
 ) -> dict[str, Any]:
-    """Open loop: task i is created (services.task_create, one task a call) at start + i / rate,
-    from `threads` threads; create -> started is started_at - created_at of each task.
+    """Open loop: call i creates `per_call` tasks at start + i * per_call / rate (one task:
+    services.task_create; more: services.task_create_bulk, as the pipeline creates), from
+    `threads` threads; create -> started is started_at - created_at of each task.
 
     The first `warmup` seconds run at the same rate and are not counted: in them the bench's
     threads open their database connections and take their broker connections (the creates of a
     cold thread took 40-50 ms, and the tasks queued behind them were the whole 1% tail). Their
     own figures are in the result's `warmup`."""
-    warm = int(rate * warmup)
-    total = max(1, int(rate * seconds))
+    warm = int(rate * warmup / per_call)  # calls
+    total = max(1, int(rate * seconds / per_call))
     counter = itertools.count()
     lock = threading.Lock()
     start = time.monotonic() + 0.2
-    measured_from = start + warm / rate
+    measured_from = start + warm * per_call / rate
     behind: list[float] = []
     warm_ids: list[Any] = []
     measured_ids: list[Any] = []
@@ -284,14 +291,21 @@ def latency(
                     number = next(counter)
                 if number >= warm + total:
                     return
-                due = start + number / rate
+                due = start + number * per_call / rate
                 pause = due - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
                 elif number >= warm:
                     behind.append(-pause)
-                task, _ = services.task_create(owner=user, type="echo", payload={"i": number})
-                (measured_ids if number >= warm else warm_ids).append(task.id)
+                ids = measured_ids if number >= warm else warm_ids
+                if per_call == 1:
+                    task, _ = services.task_create(owner=user, type="echo", payload={"i": number})
+                    ids.append(task.id)
+                else:
+                    items = [
+                        {"type": "echo", "payload": {"i": number, "j": j}} for j in range(per_call)
+                    ]
+                    ids.extend(new.id for new in services.task_create_bulk(owner=user, items=items))
         finally:
             connection.close()
 
@@ -301,7 +315,7 @@ def latency(
     for thread in pool:
         thread.join()
     created = time.monotonic() - measured_from
-    wait_settled(user, warm + total, timeout=120 + seconds)
+    wait_settled(user, (warm + total) * per_call, timeout=120 + seconds)
 
     def create_to_start(ids: list[Any]) -> list[tuple[float, datetime]]:
         rows = Task.objects.filter(id__in=ids).values_list("created_at", "started_at")
@@ -312,8 +326,9 @@ def latency(
     slowest = sorted(measured, key=lambda row: row[0], reverse=True)[: max(1, len(measured) // 100)]
     return {
         "target_rate": rate,
-        "achieved_rate": total / created if created > 0 else None,
-        "tasks": total,
+        "achieved_rate": total * per_call / created if created > 0 else None,
+        "tasks": total * per_call,
+        "tasks_per_call": per_call,
         "creates_behind_schedule": len(behind),
         **_ms([ms for ms, _ in measured]),
         # When the slowest 1% were created (seconds into the measured part): a tail spread over
@@ -323,7 +338,7 @@ def latency(
         ),
         "warmup": {
             "seconds": warmup,
-            "tasks": warm,
+            "tasks": warm * per_call,
             **_ms([ms for ms, _ in create_to_start(warm_ids)]),
         },
     }
