@@ -18,7 +18,7 @@ class BenchConfig:
     bulk_size: int = 1000
     latency_seconds: float = 20.0  # the half-peak-rate run
     # It creates as the pipeline does (the bulk service), this many tasks a call.
-    latency_per_call: int = 10
+    latency_per_call: int = 50
     # Then single creates (one task a call, as POST /api/tasks), at most this rate: no target.
     single_latency_rate: float = 250.0
     single_latency_seconds: float = 10.0
