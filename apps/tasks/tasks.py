@@ -30,15 +30,19 @@ def _requeued_while_database_away() -> Iterator[None]:
         raise Reject(f"database unavailable: {exc}", requeue=True) from exc
 
 
-@shared_task(  # type: ignore[call-overload]
-    name="tasks.execute",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    # A hard time-limit kill hands the message back; its redelivery settles the lost attempt.
-    acks_on_timeout=False,
-    ignore_result=True,
-)
+# How an execution message (one task or a batch) is delivered: acknowledged once handled, handed
+# back if its pool process dies.
+EXECUTION_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    # A hard time-limit kill hands the message back; its redelivery settles the lost attempt(s).
+    "acks_on_timeout": False,
+    "ignore_result": True,
+}
+
+
+@shared_task(name="tasks.execute", **EXECUTION_TASK_OPTIONS)
 def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> str:
     delivery_info = self.request.delivery_info or {}
     with _requeued_while_database_away():
@@ -55,14 +59,7 @@ def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> s
     return outcome.action
 
 
-@shared_task(  # type: ignore[call-overload]
-    name="tasks.execute_batch",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    acks_on_timeout=False,
-    ignore_result=True,
-)
+@shared_task(name="tasks.execute_batch", **EXECUTION_TASK_OPTIONS)
 def execute_batch(self: Any, task_type: str, pairs: list[list[str]]) -> dict[str, int]:
     """Several tasks of a type that runs in batches (apps.tasks.execution.handle_batch). The
     message is acknowledged when every task in it is settled; any that failed for good went to
