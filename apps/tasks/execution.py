@@ -68,10 +68,13 @@ class FailureOutcome:
 
 @dataclass(frozen=True)
 class Succeeded:
-    """A handler's result, checked to be JSON (`text`), not yet recorded."""
+    """A handler's result as the JSON text to store (checked), not yet recorded."""
 
-    result: object
     text: str
+
+    @property
+    def result(self) -> object:
+        return json.loads(self.text)
 
 
 def _lease_seconds(spec: TaskTypeSpec | None, *, tasks: int = 1) -> int:
@@ -185,18 +188,25 @@ def handle_batch(
 def _run_batch(
     *, task_type: str, pairs: Sequence[tuple[str, str]], redelivered: bool, worker: str
 ) -> list[tuple[str, str, DeliveryOutcome]]:
-    malformed = [pair for pair in pairs if not _are_uuids(pair)]
-    # A task once, with its first dispatch.
-    pairs = list(dict(pair for pair in pairs if _are_uuids(pair)).items())
-    dropped = [(t, d, DeliveryOutcome("dropped", note="malformed ids")) for t, d in malformed]
+    wellformed: dict[str, str] = {}
+    dropped: list[tuple[str, str, DeliveryOutcome]] = []
+    for task_id, dispatch_id in pairs:
+        if _are_uuids(task_id, dispatch_id):
+            wellformed.setdefault(task_id, dispatch_id)  # a task once, with its first dispatch
+        else:
+            dropped.append((task_id, dispatch_id, DeliveryOutcome("dropped", note="malformed ids")))
     return dropped + _run_pairs(
-        task_type=task_type, pairs=pairs, redelivered=redelivered, worker=worker
+        task_type=task_type,
+        pairs=list(wellformed.items()),
+        redelivered=redelivered,
+        worker=worker,
     )
 
 
-def _are_uuids(pair: tuple[str, str]) -> bool:
+def _are_uuids(*texts: str) -> bool:
     try:
-        uuid.UUID(pair[0]), uuid.UUID(pair[1])
+        for text in texts:
+            uuid.UUID(text)
     except (TypeError, ValueError, AttributeError):
         return False
     return True
@@ -451,7 +461,7 @@ def _run_handler(task: Task, spec: TaskTypeSpec | None) -> Succeeded | str:
         text = json.dumps(result, allow_nan=False)
         if "\\u0000" in text:
             raise ValueError("a string holds the character U+0000")
-        return Succeeded(json.loads(text), text)
+        return Succeeded(text)
     except (TypeError, ValueError) as exc:
         return _finish_failed(task, f"The handler returned a result that is not JSON: {exc}")
 
