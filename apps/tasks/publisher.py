@@ -263,7 +263,7 @@ def _message(
         argsrepr=argsrepr,
         kwargsrepr="{}",
         ignore_result=task.ignore_result,
-        **time_limits(limit, tasks=len(ids), task=task),
+        **_time_limits(limit, tasks=len(ids), task=task),
     )
     # What kombu's Producer.publish does with these arguments, without its per-call options
     # handling.
@@ -321,10 +321,12 @@ class _MessageTemplate:
             1, channel.channel_id, spec.Basic.Publish, method_args, message
         )
         frames = b"".join(capture.written)
+        # The substitution keys of each (task_id, dispatch_id), in the message's order.
+        self.keys = [(b"t%d" % number, b"d%d" % number) for number in range(len(ids))]
         holes = {}
-        for number, (task_hole, dispatch_hole) in enumerate(ids):
-            holes[task_hole.encode()] = b"%%(t%d)s" % number
-            holes[dispatch_hole.encode()] = b"%%(d%d)s" % number
+        for pair, keys in zip(ids, self.keys, strict=True):
+            for hole, key in zip(pair, keys, strict=True):
+                holes[hole.encode()] = b"%(" + key + b")s"
         found = re.split(b"(" + b"|".join(holes) + b")", frames)
         # Every id of the message's headers, properties and body is a hole (none was cut in
         # two by a frame boundary).
@@ -337,16 +339,10 @@ class _MessageTemplate:
         )
 
     def frames(self, message: Message) -> bytes:
-        if len(message) == 1:  # the common case, without the loop
-            dispatch = message[0]
-            return self.format % {
-                b"t0": str(dispatch.task_id).encode(),
-                b"d0": str(dispatch.dispatch_id).encode(),
-            }
         ids: dict[bytes, bytes] = {}
-        for number, dispatch in enumerate(message):
-            ids[b"t%d" % number] = str(dispatch.task_id).encode()
-            ids[b"d%d" % number] = str(dispatch.dispatch_id).encode()
+        for dispatch, (task_key, dispatch_key) in zip(message, self.keys, strict=True):
+            ids[task_key] = str(dispatch.task_id).encode()
+            ids[dispatch_key] = str(dispatch.dispatch_id).encode()
         return self.format % ids
 
 
@@ -359,7 +355,7 @@ def _write(channel: Any, frames: list[bytes]) -> None:
     connection.bytes_sent += len(frames)
 
 
-def time_limits(limit: int | None, *, tasks: int = 1, task: Any = None) -> dict[str, Any]:
+def _time_limits(limit: int | None, *, tasks: int, task: Any) -> dict[str, Any]:
     """The time limits a message carries: the type's own `limit` (times the `tasks` of a batch,
     which run one after another), or those `task` has (the defaults)."""
     if limit:
