@@ -42,8 +42,7 @@ from apps.tasks.states import (
     TaskStatus,
 )
 from apps.tasks.topology import queue_depths
-from apps.tasks.transitions import Sql, transition, transition_one
-from apps.tasks.transitions import _cursor as prepared_cursor  # prepared, server-side binding
+from apps.tasks.transitions import Sql, prepared_cursor, transition, transition_one
 
 logger = logging.getLogger(__name__)
 S = TaskStatus

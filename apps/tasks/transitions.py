@@ -38,7 +38,9 @@ class _PreparedCursor(_ServerBindingCursor):
         return super().execute(query, params, prepare=True)
 
 
-def _cursor() -> Any:
+def prepared_cursor() -> Any:
+    """A cursor whose statements run prepared (server-side binding), when
+    DATABASE_PREPARED_STATEMENTS is on; a plain one otherwise."""
     if not settings.DATABASE_PREPARED_STATEMENTS:
         return connection.cursor()
     connection.ensure_connection()
@@ -199,9 +201,13 @@ def transition(
 
     rows_sql, rows_join = "", ""
     rows_params: list[Any] = []
+    target_sql, target_params = "", []
     if task_id is not None:
         select = f"SELECT id, status FROM {TASK_TABLE} WHERE id = %s FOR UPDATE"
         select_params: list[Any] = [str(task_id)]
+        # The id again on the updated table itself: joined only through `old`, a generic plan
+        # made while the table was small scanned it (W13).
+        target_sql, target_params = "AND t.id = %s", [str(task_id)]
     elif task_rows is not None:
         names = ["id", *task_rows.values]
         arrays = ["%s::uuid[]", *(f"%s::{kind}" for kind, _ in task_rows.values.values())]
@@ -254,7 +260,7 @@ def transition(
         WITH {no_wait_sql}{rows_sql}old AS ({select}),
         upd AS (
             UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
-            FROM old {rows_join} WHERE t.id = old.id AND old.status = ANY(%s) {where}
+            FROM old {rows_join} WHERE t.id = old.id {target_sql} AND old.status = ANY(%s) {where}
             RETURNING {_RETURNED_COLUMNS}, old.status AS previous_status
         ),
         hist AS (
@@ -270,6 +276,7 @@ def transition(
         *select_params,
         str(to),
         *set_params,
+        *target_params,
         [str(s) for s in allowed_from],
         *where_params,
         str(to),
@@ -277,7 +284,12 @@ def transition(
         *note_params,
         *attempt_params,
     ]
-    with _cursor() as cursor:
+    # Only a one-row move runs prepared. PostgreSQL switches a prepared statement to a generic
+    # plan after five runs and keeps it until the table's statistics change; a many-row move's
+    # generic plan guesses its id array's length, so one planned while the table was small
+    # scanned the whole table on every later batch (docs/benchmarks.md, W13). Planned each time,
+    # it sees the ids and the table's current size, at a cost shared by the batch.
+    with prepared_cursor() if task_id is not None else connection.cursor() as cursor:
         cursor.execute(sql, params)
         if not returning:
             return [previous for (previous,) in cursor.fetchall()]

@@ -1,0 +1,94 @@
+"""Plans that outlive a table's growth. PostgreSQL keeps a prepared statement's generic plan
+until the table's statistics change, which autovacuum does at most once a minute; a plan made
+while the tables were small (a fresh install, a test database) must still find its rows by index
+once they are large (docs/benchmarks.md, W13: a batch claim planned on a near-empty table read
+the whole table on every batch, 240 ms at 15,000 rows)."""
+
+from typing import Any
+
+from django.db import connection
+
+from apps.accounts.models import User
+from apps.handlers.registry import get_task_type
+from apps.tasks.execution import handle_batch, handle_delivery
+from apps.tasks.models import Task
+from apps.tasks.states import TaskStatus
+from tests.tasks.factories import create_task
+
+TABLES = ["tasks_task", "tasks_taskattempt", "tasks_taskstatuschange", "monitoring_taskcount"]
+FILLER_ROWS = 20_000
+
+
+def rows_read_by_scans() -> dict[str, int]:
+    """Rows this transaction has read by sequential scans, per table."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)",
+            [TABLES],
+        )
+        return dict(cursor.fetchall())
+
+
+def grow_tables(owner: User) -> None:
+    """FILLER_ROWS finished tasks with an attempt each, and as many rollup rows of other owners:
+    larger than any plan made on the small tables assumed, and not analysed since."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH filler AS (
+                INSERT INTO tasks_task (id, owner_id, type, payload, queue, status, max_retries,
+                    retries, attempts, progress, progress_message, result, error,
+                    dead_letter_reason, idempotency_fingerprint, created_at, updated_at)
+                SELECT gen_random_uuid(), %s, 'echo', '{}', 'default', 'succeeded', 3, 0, 1, 100,
+                    '', '{}', '', '', '', now(), now()
+                FROM generate_series(1, %s)
+                RETURNING id
+            )
+            INSERT INTO tasks_taskattempt (task_id, number, outcome, worker, started_at, error)
+            SELECT id, 1, 'succeeded', 'filler', now(), '' FROM filler
+            """,
+            [owner.id, FILLER_ROWS],
+        )
+        cursor.execute(
+            "INSERT INTO monitoring_taskcount (owner_id, type, status, shard, n) "
+            "SELECT 1000000 + g, 'echo', 'queued', 0, 1 FROM generate_series(1, %s) AS g",
+            [FILLER_ROWS],
+        )
+
+
+def run_once(owner: User) -> None:
+    """A single create, its claim and finish; four creates and their batch's claim and finish."""
+    single = create_task(owner, "echo", {"n": 1})
+    outcome = handle_delivery(
+        task_id=str(single.id),
+        dispatch_id=str(single.dispatch_id),
+        redelivered=False,
+        worker="w",
+        task_type="echo",
+    )
+    assert outcome.status == TaskStatus.SUCCEEDED
+    batch = [create_task(owner, "echo", {"n": n}) for n in range(4)]
+    outcomes = handle_batch(
+        task_type="echo",
+        pairs=[(str(t.id), str(t.dispatch_id)) for t in batch],
+        redelivered=False,
+        worker="w",
+    )
+    assert [o.status for _, _, o in outcomes] == [TaskStatus.SUCCEEDED] * 4
+
+
+def test_the_create_and_the_workers_statements_use_indexes_after_the_tables_grow(
+    user: User, broker: Any, settings: Any
+) -> None:
+    settings.DATABASE_PREPARED_STATEMENTS = True
+    get_task_type("echo")
+    for _ in range(8):  # more than five runs: PostgreSQL's point for a generic plan
+        run_once(user)
+    grow_tables(user)
+    assert Task.objects.count() > FILLER_ROWS
+    before = rows_read_by_scans()
+    run_once(user)
+    after = rows_read_by_scans()
+    assert {table: after[table] - before.get(table, 0) for table in after} == dict.fromkeys(
+        after, 0
+    )
