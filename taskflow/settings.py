@@ -99,6 +99,10 @@ if DATABASE_PREPARED_STATEMENTS:
     # psycopg prepares nothing while this is None (Django's default). A huge threshold: only what
     # asks for it (prepare=True) is prepared; Django's own client-side-binding cursors never are.
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 2**31 - 1
+# A prepared statement's plan is at most this old: PostgreSQL keeps a generic plan until the
+# table's statistics change, and one made while a table was small scans it as it grows
+# (docs/benchmarks.md, W13). Each connection replans (DISCARD PLANS) this often; 0: every use.
+DATABASE_PLAN_MAX_AGE_SECONDS = env.float("DATABASE_PLAN_MAX_AGE_SECONDS", default=1.0)
 # Lets two test runs on one machine keep separate test databases.
 DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="") or None}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

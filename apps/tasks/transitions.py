@@ -6,7 +6,9 @@ and start or finish the attempt row, all atomically.
 """
 
 import functools
+import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -38,14 +40,30 @@ class _PreparedCursor(_ServerBindingCursor):
         return super().execute(query, params, prepare=True)
 
 
+# When each PostgreSQL connection last dropped its cached plans (time.monotonic()).
+_plans_made_at: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+
+
 def prepared_cursor() -> Any:
     """A cursor whose statements run prepared (server-side binding), when
-    DATABASE_PREPARED_STATEMENTS is on; a plain one otherwise."""
+    DATABASE_PREPARED_STATEMENTS is on; a plain one otherwise.
+
+    The connection's cached plans are dropped (`DISCARD PLANS`) when older than
+    DATABASE_PLAN_MAX_AGE_SECONDS: a prepared statement keeps its generic plan until the table's
+    statistics change, which autovacuum does at most once a minute and after 10% growth, and a
+    plan made while a table was small scans the whole table (W13). Replanned, it is costed with
+    the table's size as it is then. The prepared statements stay prepared."""
     if not settings.DATABASE_PREPARED_STATEMENTS:
         return connection.cursor()
     connection.ensure_connection()
+    raw = connection.connection
+    now = time.monotonic()
+    made_at = _plans_made_at.setdefault(raw, now)
+    if now - made_at >= settings.DATABASE_PLAN_MAX_AGE_SECONDS:
+        raw.execute("DISCARD PLANS")
+        _plans_made_at[raw] = now
     # Django's own wrapper around it: query logging, error translation, transaction checks.
-    return connection._prepare_cursor(_PreparedCursor(connection.connection))  # type: ignore[attr-defined]
+    return connection._prepare_cursor(_PreparedCursor(raw))  # type: ignore[attr-defined]
 
 
 class IllegalTransition(ValueError):
@@ -201,13 +219,9 @@ def transition(
 
     rows_sql, rows_join = "", ""
     rows_params: list[Any] = []
-    target_sql, target_params = "", []
     if task_id is not None:
         select = f"SELECT id, status FROM {TASK_TABLE} WHERE id = %s FOR UPDATE"
         select_params: list[Any] = [str(task_id)]
-        # The id again on the updated table itself: joined only through `old`, a generic plan
-        # made while the table was small scanned it (W13).
-        target_sql, target_params = "AND t.id = %s", [str(task_id)]
     elif task_rows is not None:
         names = ["id", *task_rows.values]
         arrays = ["%s::uuid[]", *(f"%s::{kind}" for kind, _ in task_rows.values.values())]
@@ -260,7 +274,7 @@ def transition(
         WITH {no_wait_sql}{rows_sql}old AS ({select}),
         upd AS (
             UPDATE {TASK_TABLE} t SET status = %s, updated_at = statement_timestamp(){set_sql}
-            FROM old {rows_join} WHERE t.id = old.id {target_sql} AND old.status = ANY(%s) {where}
+            FROM old {rows_join} WHERE t.id = old.id AND old.status = ANY(%s) {where}
             RETURNING {_RETURNED_COLUMNS}, old.status AS previous_status
         ),
         hist AS (
@@ -276,7 +290,6 @@ def transition(
         *select_params,
         str(to),
         *set_params,
-        *target_params,
         [str(s) for s in allowed_from],
         *where_params,
         str(to),
@@ -284,12 +297,7 @@ def transition(
         *note_params,
         *attempt_params,
     ]
-    # Only a one-row move runs prepared. PostgreSQL switches a prepared statement to a generic
-    # plan after five runs and keeps it until the table's statistics change; a many-row move's
-    # generic plan guesses its id array's length, so one planned while the table was small
-    # scanned the whole table on every later batch (docs/benchmarks.md, W13). Planned each time,
-    # it sees the ids and the table's current size, at a cost shared by the batch.
-    with prepared_cursor() if task_id is not None else connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         if not returning:
             return [previous for (previous,) in cursor.fetchall()]
