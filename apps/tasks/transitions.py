@@ -60,7 +60,8 @@ def prepared_cursor() -> Any:
     now = time.monotonic()
     made_at = _plans_made_at.setdefault(raw, now)
     if now - made_at >= settings.DATABASE_PLAN_MAX_AGE_SECONDS:
-        raw.execute("DISCARD PLANS")
+        with connection.wrap_database_errors:  # Django's exceptions, as for any other query
+            raw.execute("DISCARD PLANS")
         _plans_made_at[raw] = now
     # Django's own wrapper around it: query logging, error translation, transaction checks.
     return connection._prepare_cursor(_PreparedCursor(raw))  # type: ignore[attr-defined]

@@ -6,7 +6,9 @@ grows (docs/benchmarks.md, W13: a batch claim read the whole task table on every
 
 from typing import Any
 
-from django.db import connection
+import psycopg
+import pytest
+from django.db import InterfaceError, OperationalError, connection
 
 from apps.accounts.models import User
 from apps.handlers.registry import get_task_type
@@ -14,6 +16,8 @@ from apps.tasks import services
 from apps.tasks.execution import handle_batch, handle_delivery
 from apps.tasks.models import Task
 from apps.tasks.states import TaskStatus
+from apps.tasks.transitions import prepared_cursor
+from tests.support.processes import database_url
 from tests.tasks.factories import create_task
 
 FILLER_ROWS = 20_000
@@ -112,3 +116,17 @@ def test_the_create_and_the_workers_statements_use_indexes_after_the_tables_grow
     assert {table: after[table] - before[table] for table in GROWN_TABLES} == dict.fromkeys(
         GROWN_TABLES, 0
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_replan_on_a_cut_connection_raises_djangos_error(settings: Any) -> None:
+    """The worker requeues on Django's OperationalError and the API answers it with a 503: the
+    replan, which runs on the raw connection, must not raise psycopg's own instead."""
+    settings.DATABASE_PREPARED_STATEMENTS = True
+    settings.DATABASE_PLAN_MAX_AGE_SECONDS = 0
+    connection.ensure_connection()
+    with psycopg.connect(database_url(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+    with pytest.raises((OperationalError, InterfaceError)):
+        prepared_cursor()
+    connection.close()
