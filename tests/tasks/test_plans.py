@@ -59,23 +59,15 @@ def grow_tables(owner: User) -> None:
         )
 
 
-def run_batch(owner: User) -> None:
-    """Four tasks through the bulk service (COPY) and their batch's claim and finish."""
-    batch = services.task_create_bulk(
-        owner=owner, items=[{"type": "echo", "payload": {"n": n}} for n in range(4)]
-    )
-    outcomes = handle_batch(
-        task_type="echo",
-        pairs=[(str(new.id), str(new.dispatch_id)) for new in batch],
-        redelivered=False,
-        worker="w",
-    )
-    assert [o.status for _, _, o in outcomes] == [TaskStatus.SUCCEEDED] * 4
+def run_as_batch(pairs: list[tuple[str, str]]) -> None:
+    """The (task id, dispatch id) pairs claimed and finished as one batch."""
+    outcomes = handle_batch(task_type="echo", pairs=pairs, redelivered=False, worker="w")
+    assert [o.status for _, _, o in outcomes] == [TaskStatus.SUCCEEDED] * len(pairs)
 
 
 def run_once(owner: User) -> None:
-    """A single create, its claim and finish; four creates and their batch's claim and finish;
-    run_batch()."""
+    """A single create, its claim and finish; four single creates run as a batch; four bulk
+    creates (COPY) run as a batch."""
     single = create_task(owner, "echo", {"n": 1})
     outcome = handle_delivery(
         task_id=str(single.id),
@@ -85,15 +77,11 @@ def run_once(owner: User) -> None:
         task_type="echo",
     )
     assert outcome.status == TaskStatus.SUCCEEDED
-    batch = [create_task(owner, "echo", {"n": n}) for n in range(4)]
-    outcomes = handle_batch(
-        task_type="echo",
-        pairs=[(str(t.id), str(t.dispatch_id)) for t in batch],
-        redelivered=False,
-        worker="w",
-    )
-    assert [o.status for _, _, o in outcomes] == [TaskStatus.SUCCEEDED] * 4
-    run_batch(owner)
+    singles = [create_task(owner, "echo", {"n": n}) for n in range(4)]
+    run_as_batch([(str(t.id), str(t.dispatch_id)) for t in singles])
+    items = [{"type": "echo", "payload": {"n": n}} for n in range(4)]
+    bulk = services.task_create_bulk(owner=owner, items=items)
+    run_as_batch([(str(new.id), str(new.dispatch_id)) for new in bulk])
 
 
 def test_the_create_and_the_workers_statements_use_indexes_after_the_tables_grow(
