@@ -21,8 +21,6 @@ from tests.support.processes import database_url
 from tests.tasks.factories import create_task
 
 FILLER_ROWS = 20_000
-
-
 GROWN_TABLES = ["tasks_task", "tasks_taskattempt"]
 
 
