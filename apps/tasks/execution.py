@@ -4,9 +4,11 @@ A message carries (task_id, dispatch_id), or, for a type that runs in batches, s
 (`handle_batch`: one claim and one finish statement for them all). Only the message whose
 dispatch_id the row holds may run the task, and only while the row is `queued`; so duplicates,
 stale messages and messages for cancelled or finished tasks do nothing. RabbitMQ hands one message
-to one consumer at a time, so a *redelivered* message whose task is still `running` means the
-worker that had it is gone: that attempt is lost, and counts as a failed attempt. A message that
-kills its worker every time thus uses up the task's retries and ends in the dead-letter queue.
+to one consumer at a time, and a message sent again always carries a new dispatch_id
+(`transitions.redispatch`), so a *redelivered* message whose task is still `running` on its
+dispatch means the worker that had it is gone: that attempt is lost, and counts as a failed
+attempt. A message that kills its worker every time thus uses up the task's retries and ends in
+the dead-letter queue.
 """
 
 import json

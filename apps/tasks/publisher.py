@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -30,7 +30,7 @@ from amqp.exceptions import RecoverableConnectionError
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps as amqp_dumps
 from celery.utils.nodenames import anon_nodename
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 from kombu import Connection, Producer, pools
 from kombu.common import maybe_declare
@@ -39,6 +39,7 @@ from kombu.serialization import dumps
 from apps.tasks.models import Task
 from apps.tasks.queues import DEAD_LETTER_EXCHANGE_NAME, dead_letter_exchange
 from apps.tasks.states import TaskStatus
+from apps.tasks.transitions import redispatch
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +372,9 @@ def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
 
     A connection that fails (a pooled one gone stale after a broker restart, say) is dropped and
     what it left unconfirmed is sent once more on a new one; after that it is left to the
-    releaser. A message may then exist twice: the claim's dispatch_id check makes the copy harmless.
+    releaser. A message sent on the failed connection may have reached its queue all the same, so
+    its tasks get a new dispatch_id before they are sent again (`transitions.redispatch`): never
+    two copies of one dispatch, so that a redelivered copy is never taken for a lost attempt.
     """
     confirmed: list[Dispatch] = []
     todo = messages_for(dispatches)
@@ -393,25 +396,57 @@ def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
                     )
             return confirmed
         except Exception as exc:
+            in_doubt: list[Message] = []
             if confirms is not None:
                 done, _ = confirms.take_results()  # some of the window may have been confirmed
                 confirmed.extend(done)
-                acked = {id(d) for d in done}
-                todo = [m for m in todo if id(m[0]) not in acked]
+                # Sent and not settled: in the queue or not, nobody can tell.
+                in_doubt = list(confirms.pending.values())
+                settled_or_sent = {id(d) for d in done} | {id(m[0]) for m in in_doubt}
+                todo = [m for m in todo if id(m[0]) not in settled_or_sent]
             _confirm_channels.pop(conn, None)
             conn.collect()  # drop the broken connection: the pool opens a new one
             known = isinstance(exc, (*conn.connection_errors, *conn.channel_errors, OSError))
             logger.log(
                 logging.INFO if attempt == 1 else logging.WARNING,
                 "Could not publish %d task(s)%s: %r",
-                sum(len(message) for message in todo),
+                sum(len(message) for message in [*in_doubt, *todo]),
                 " (trying a new connection)" if attempt == 1 else " (will publish again)",
                 exc,
                 exc_info=not known,
             )
         finally:
             conn.release()
+        if attempt == 1 and in_doubt:
+            todo = _with_new_dispatches(in_doubt) + todo
     return confirmed
+
+
+def _with_new_dispatches(messages: Sequence[Message]) -> list[Message]:
+    """The messages' tasks that are still queued on these dispatches, each with a new
+    dispatch_id, in messages as they were; none if the database does not answer (the releaser
+    publishes them again later: their published_at stays unset)."""
+    dispatches = [dispatch for message in messages for dispatch in message]
+    try:
+        renewed = redispatch(
+            "pairs",
+            [str(d.task_id) for d in dispatches],
+            [str(d.dispatch_id) for d in dispatches],
+            limit=len(dispatches),
+        )
+    except DatabaseError as exc:
+        logger.warning("Could not give %d task(s) a new dispatch: %r", len(dispatches), exc)
+        return []
+    new_ids = {str(task.id): str(task.dispatch_id) for task in renewed}
+    again = [
+        tuple(
+            replace(d, dispatch_id=new_ids[str(d.task_id)])
+            for d in message
+            if str(d.task_id) in new_ids
+        )
+        for message in messages
+    ]
+    return [message for message in again if message]
 
 
 # --- published_at --------------------------------------------------------------------------------

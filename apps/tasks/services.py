@@ -42,7 +42,7 @@ from apps.tasks.states import (
     TaskStatus,
 )
 from apps.tasks.topology import queue_depths
-from apps.tasks.transitions import Sql, prepared_cursor, transition, transition_one
+from apps.tasks.transitions import Sql, prepared_cursor, redispatch, transition, transition_one
 
 logger = logging.getLogger(__name__)
 S = TaskStatus
@@ -731,19 +731,28 @@ def release_due_tasks(*, batch_size: int | None = None, max_batches: int = 20) -
     return released
 
 
+def _publish_again_on_commit(tasks: list[Task]) -> list[int]:
+    """Publish the tasks' new dispatches once the transaction commits; the list it returns then
+    holds how many the broker confirmed (at once when the caller's block is the outermost)."""
+    confirmed: list[int] = []
+    if tasks:
+        dispatches = [publisher.dispatch_for(task) for task in tasks]
+        transaction.on_commit(lambda: confirmed.append(publisher.publish_now(dispatches)))
+    return confirmed
+
+
 def republish_unconfirmed(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
     """Publish again queued tasks whose message the broker never confirmed."""
     if older_than_seconds is None:
         older_than_seconds = settings.TASKFLOW["REPUBLISH_AFTER_SECONDS"]
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    stale = list(
-        Task.objects.filter(status=S.QUEUED, published_at__isnull=True, updated_at__lt=cutoff)
-        .order_by("updated_at")
-        .only("id", "dispatch_id", "queue", "type")[:limit]
-    )
+    with transaction.atomic():
+        # A new dispatch each (the first message may yet be in a queue); published after commit.
+        stale = redispatch("unconfirmed", cutoff, limit=limit)
+        confirmed = _publish_again_on_commit(stale)
     if stale:
-        logger.info("Publishing again %d queued task(s) with no confirmed message", len(stale))
-    return publisher.publish_now([publisher.dispatch_for(task) for task in stale])
+        logger.info("Published again %d queued task(s) with no confirmed message", len(stale))
+    return sum(confirmed)
 
 
 def republish_lost(*, older_than_seconds: float | None = None, limit: int = 1000) -> int:
@@ -751,7 +760,7 @@ def republish_lost(*, older_than_seconds: float | None = None, limit: int = 1000
 
     Only for queues with no ready message: there, a task queued long ago and still not claimed
     has no message left. A copy that was in fact still held by a busy worker is harmless: the
-    second delivery of a dispatch finds the task running or finished and does nothing.
+    task gets a new dispatch, so that copy is stale when it is delivered.
     """
     from taskflow.celery import app
 
@@ -768,16 +777,17 @@ def republish_lost(*, older_than_seconds: float | None = None, limit: int = 1000
     with app.connection_for_write() as connection:
         depths = queue_depths(connection, sorted(waiting_queues))
     empty = [queue for queue, depth in depths.items() if depth == 0]
-    lost = list(
-        Task.objects.filter(status=S.QUEUED, published_at__lt=cutoff, queue__in=empty)
-        .order_by("published_at")
-        .only("id", "dispatch_id", "queue", "type")[:limit]
-    )
+    if not empty:
+        return 0
+    with transaction.atomic():
+        # A new dispatch each: a copy still held by a busy worker becomes stale, not a second run.
+        lost = redispatch("lost", cutoff, empty, limit=limit)
+        confirmed = _publish_again_on_commit(lost)
     if lost:
         logger.warning(
-            "Publishing again %d queued task(s) whose message is gone from %s", len(lost), empty
+            "Published again %d queued task(s) whose message is gone from %s", len(lost), empty
         )
-    return publisher.publish_now([publisher.dispatch_for(task) for task in lost])
+    return sum(confirmed)
 
 
 def reap_expired_leases(*, limit: int = 100) -> int:

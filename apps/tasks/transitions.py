@@ -329,3 +329,51 @@ def transition_one(**kwargs: Any) -> Transitioned | None:
 def transition_one_moved(**kwargs: Any) -> bool:
     """transition() of one task without reading its row back: whether it moved."""
     return bool(transition(**kwargs, returning=False))
+
+
+# --- a new dispatch for a queued task -------------------------------------------------------------
+
+# What a republish selects: (the candidate rows' condition, their order). Each runs on the rows of
+# `status = queued` only, takes at most `limit` of them and skips rows another transaction holds
+# (a claim in progress: its outcome decides, and a skipped task is still due next time).
+_REDISPATCH_CANDIDATES = {
+    # Queued, and no message ever confirmed (the partial index task_unpublished).
+    "unconfirmed": ("published_at IS NULL AND updated_at < %s", "updated_at"),
+    # Queued with a confirmed message that is gone: its queue holds no ready message.
+    "lost": ("published_at < %s AND queue = ANY(%s)", "published_at"),
+    # The given (id, dispatch_id) pairs: messages whose publish failed before their confirm.
+    "pairs": ("(id, dispatch_id) IN (SELECT * FROM unnest(%s::uuid[], %s::uuid[]))", "id"),
+}
+
+
+RedispatchKind = Literal["unconfirmed", "lost", "pairs"]
+
+
+def redispatch(kind: RedispatchKind, *params: Any, limit: int) -> list[Task]:
+    """Give queued tasks a new dispatch_id (published_at cleared) before their message is sent
+    again, and return them (id, dispatch_id, queue, type).
+
+    A message sent again must not carry its first copy's dispatch_id: that copy may be in a queue
+    after all (a confirm that was slow or lost with its connection). With one dispatch_id each,
+    the claim drops whichever copy is stale, and a redelivered message whose task is running is
+    always its attempt's own, so taking it for a lost attempt is right (docs/reliability.md).
+    Conditional, like every move: a task claimed meanwhile (or held by a claim now) is left as
+    it is, and its first message was the one that counted.
+    """
+    condition, order = _REDISPATCH_CANDIDATES[kind]
+    queued = TaskStatus.QUEUED.value
+    sql = (
+        f"UPDATE {TASK_TABLE} t "
+        "SET dispatch_id = gen_random_uuid(), published_at = NULL, updated_at = now() "
+        f"FROM (SELECT id, dispatch_id FROM {TASK_TABLE} WHERE status = %s AND {condition} "
+        f"ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) s "
+        "WHERE t.id = s.id AND t.status = %s AND t.dispatch_id = s.dispatch_id "
+        "RETURNING t.id, t.dispatch_id, t.queue, t.type"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [queued, *params, limit, queued])
+        rows = cursor.fetchall()
+    return [
+        Task(id=task_id, dispatch_id=dispatch_id, queue=queue, type=task_type)
+        for task_id, dispatch_id, queue, task_type in rows
+    ]

@@ -94,8 +94,13 @@ def test_a_confirmed_message_that_vanished_is_published_again(user, broker):
     assert task.published_at is not None
     assert broker.depth(TaskQueue.DEFAULT) == 1
     broker.channel.queue_purge(TaskQueue.DEFAULT.value)  # someone purged the queue
+    first_dispatch = task.dispatch_id
 
     assert services.republish_lost(older_than_seconds=0) == 1
+    task.refresh_from_db()
+    # A new dispatch: had the first copy been held somewhere after all, it is stale now.
+    assert task.dispatch_id != first_dispatch
+    assert task.published_at is not None  # the new copy's confirm
     message = broker.get(TaskQueue.DEFAULT)
     assert message.headers["id"] == str(task.dispatch_id)
 
