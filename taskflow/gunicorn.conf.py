@@ -11,13 +11,26 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
 # WEB_REUSE_PORT=1: each worker listens on a socket of its own (SO_REUSEPORT) and the kernel
-# spreads new connections over them. On the one shared socket (the default), whichever worker
-# wakes first accepts: a burst of keep-alive connections can all land on one worker, which then
-# serves them alone on one core (docs/benchmarks.md, A12). Off by default because a stopping
-# worker (a deploy, WEB_MAX_REQUESTS) stops accepting on its own socket while the kernel still
-# queues new connections there, and resets them when it exits: ~7 reset connections per worker
-# stop at 1,700 new connections/s, unless the host sets net.ipv4.tcp_migrate_req=1 (Linux 5.14+).
-reuse_port = os.environ.get("WEB_REUSE_PORT", "0") == "1"
+# spreads new connections over them. On the one shared socket (0), whichever worker wakes first
+# accepts: a burst of keep-alive connections can all land on one worker, which then serves them
+# alone on one core (docs/benchmarks.md, A12). But a stopping worker (a deploy, WEB_MAX_REQUESTS)
+# stops accepting on its own socket while the kernel still queues new connections there, and
+# resets them when it exits (~7 reset connections per worker stop at 1,700 new connections/s),
+# unless net.ipv4.tcp_migrate_req=1 (Linux 5.14+) moves them to the other workers' sockets.
+# Unset or empty: on exactly when the kernel does that (the compose file sets it for the api).
+MIGRATE_REQUESTS_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def reuse_port_by_default(sysctl: str = MIGRATE_REQUESTS_SYSCTL) -> bool:
+    try:
+        with open(sysctl) as setting:
+            return setting.read().strip() == "1"
+    except OSError:  # an older kernel, or no /proc: the shared socket
+        return False
+
+
+_reuse_port_setting = os.environ.get("WEB_REUSE_PORT", "")
+reuse_port = _reuse_port_setting == "1" if _reuse_port_setting else reuse_port_by_default()
 keepalive = 5
 timeout = 30
 graceful_timeout = 20

@@ -14,6 +14,7 @@ when a target is missed (it is a report), non-zero only if the bench itself coul
 """
 
 import io
+import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -309,7 +310,14 @@ class Bench:
     def web(self) -> None:
         from tests.bench import web
 
-        process = self.start("web", PORT=str(self.port), HOST="127.0.0.1")
+        # As the compose deployment runs the api: a listening socket per worker, which the
+        # compose file makes safe with net.ipv4.tcp_migrate_req=1 (this host may not have it; no
+        # worker stops during the bench). WEB_REUSE_PORT=0 in the environment: the shared socket.
+        reuse_port = os.environ.get("WEB_REUSE_PORT") or "1"
+        process = self.start(
+            "web", PORT=str(self.port), HOST="127.0.0.1", WEB_REUSE_PORT=reuse_port
+        )
+        self.report.details["web_reuse_port"] = reuse_port == "1"
         self.wait_web(process)
         seconds, connections = self.config.api_seconds, self.config.api_connections
         # A short warm-up so that both gunicorn workers have imported and connected.

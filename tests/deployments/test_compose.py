@@ -288,3 +288,11 @@ def test_the_broker_config_loads_the_mounted_definitions_and_matches_the_consume
     # settings' RABBITMQ_CONSUMER_TIMEOUT_SECONDS (checked against the task time limits) is this.
     seconds = int(env_example()["RABBITMQ_CONSUMER_TIMEOUT_SECONDS"])
     assert int(conf["consumer_timeout"]) == seconds * 1000
+
+
+def test_the_api_listens_per_worker_where_queued_connections_move_to_the_others(raw):
+    # gunicorn's workers each listen on a socket of their own (WEB_REUSE_PORT empty: on exactly
+    # when the container's kernel has tcp_migrate_req=1), and a stopping worker resets nothing.
+    sysctls = raw["services"]["api"]["sysctls"]
+    assert str(sysctls["net.ipv4.tcp_migrate_req"]) == "1"
+    assert env_example()["WEB_REUSE_PORT"] == ""

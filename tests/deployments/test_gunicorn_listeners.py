@@ -1,12 +1,23 @@
-"""gunicorn as the Procfile runs it: one listening socket shared by the workers by default, or one
-per worker with WEB_REUSE_PORT=1, so that the kernel spreads keep-alive connections over the
-workers instead of the first to wake taking them (docs/scaling.md)."""
+"""gunicorn as the Procfile runs it: one listening socket shared by the workers (WEB_REUSE_PORT=0),
+or one per worker (1), so that the kernel spreads keep-alive connections over the workers instead
+of the first to wake taking them; unset, one per worker exactly where the kernel moves a stopping
+worker's queued connections to the others (net.ipv4.tcp_migrate_req=1; docs/scaling.md)."""
 
+import builtins
 import http.client
+import runpy
 import subprocess
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from tests.deployments.support import ROOT
 from tests.support import processes
 from tests.support.wait import wait_for
+
+GUNICORN_CONF = ROOT / "taskflow" / "gunicorn.conf.py"
+MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 WORKERS = 2
 CONNECTIONS = 16
@@ -47,7 +58,7 @@ def _start(port: int, reuse_port: str) -> processes.Process:
     return processes.start("web", env=env)
 
 
-def test_by_default_the_workers_share_one_listening_socket():
+def test_with_reuse_port_off_the_workers_share_one_listening_socket():
     port = processes.free_port()
     web = _start(port, "0")
     try:
@@ -91,3 +102,40 @@ def test_with_reuse_port_each_worker_listens_and_keep_alive_connections_reach_bo
         for connection in opened:
             connection.close()
         web.stop()
+
+
+def _settings(monkeypatch: Any, tmp_path: Path, *, reuse_port: str, kernel: str | None) -> Any:
+    """taskflow/gunicorn.conf.py's settings, read as gunicorn reads them, with this environment's
+    WEB_REUSE_PORT and the kernel's tcp_migrate_req as given (None: the kernel has no such
+    setting, as before Linux 5.14)."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))  # the file empties this one
+    monkeypatch.setenv("WEB_REUSE_PORT", reuse_port)
+    sysctl = tmp_path / "tcp_migrate_req"
+    if kernel is not None:
+        sysctl.write_text(f"{kernel}\n")
+    real_open = builtins.open
+
+    def open_with_this_kernel(file: Any, *args: Any, **kwargs: Any) -> Any:
+        return real_open(sysctl if file == MIGRATE_SYSCTL else file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_with_this_kernel)
+    try:
+        return runpy.run_path(str(GUNICORN_CONF))
+    finally:
+        monkeypatch.setattr(builtins, "open", real_open)
+
+
+@pytest.mark.parametrize(("kernel", "expected"), [("1", True), ("0", False), (None, False)])
+def test_unset_reuse_port_is_on_where_the_kernel_moves_queued_connections(
+    monkeypatch, tmp_path, kernel, expected
+):
+    settings = _settings(monkeypatch, tmp_path, reuse_port="", kernel=kernel)
+    assert settings["reuse_port"] is expected
+
+
+@pytest.mark.parametrize(("setting", "kernel"), [("0", "1"), ("1", "0"), ("1", None)])
+def test_an_explicit_web_reuse_port_wins_over_the_kernel(monkeypatch, tmp_path, setting, kernel):
+    settings = _settings(monkeypatch, tmp_path, reuse_port=setting, kernel=kernel)
+    assert settings["reuse_port"] is (setting == "1")
