@@ -5,14 +5,12 @@ tests/accounts/test_api.py covers each kind of bad token on /api/me; here the sa
 every authenticated route the URL resolver knows.
 """
 
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db import connections
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -27,6 +25,7 @@ from tests.security.support import (
     expired_token,
     wrong_signature_token,
 )
+from tests.support.concurrency import at_once
 
 AUTHENTICATED = [route for route in api_routes() if not route.public]
 
@@ -191,19 +190,5 @@ def test_concurrent_refreshes_with_one_token_mint_one_successor():
     user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
     token = str(RefreshToken.for_user(user))
     attempts = 8
-    barrier = threading.Barrier(attempts)
-    statuses: list[int] = []
-
-    def attempt() -> None:
-        try:
-            barrier.wait(timeout=30)
-            statuses.append(refresh(token).status_code)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=attempt) for _ in range(attempts)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    statuses = at_once(lambda: refresh(token).status_code, attempts)
     assert Counter(statuses) == {200: 1, 401: attempts - 1}

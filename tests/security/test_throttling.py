@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -23,6 +22,7 @@ from apps.tasks.models import Task
 from apps.tasks.states import TaskStatus
 from tests.conftest import client_for
 from tests.security.support import PASSWORD, assert_error
+from tests.support.concurrency import at_once
 from tests.support.wait import wait_for
 from tests.tasks.factories import create_task
 
@@ -116,25 +116,15 @@ def test_concurrent_guesses_cannot_pass_the_limit_together(rates):
     own throttle reads, then writes, and let them all pass)."""
     rates(login_account="5/min", login_address="100/min")
     attempts = 20
-    barrier = threading.Barrier(attempts)
-    statuses: list[int] = []
 
-    def attempt() -> None:
-        try:
-            barrier.wait(timeout=30)
-            # No password: a 400 after the throttle, without a database look-up.
-            response = APIClient(REMOTE_ADDR="10.6.0.1").post(
-                "/api/login", {"email": "alice@example.com"}, format="json"
-            )
-            statuses.append(response.status_code)
-        finally:
-            connections.close_all()
+    def attempt() -> int:
+        # No password: a 400 after the throttle, without a database look-up.
+        response = APIClient(REMOTE_ADDR="10.6.0.1").post(
+            "/api/login", {"email": "alice@example.com"}, format="json"
+        )
+        return response.status_code
 
-    threads = [threading.Thread(target=attempt) for _ in range(attempts)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    statuses = at_once(attempt, attempts)
     assert Counter(statuses) == {400: 5, 429: 15}
 
 

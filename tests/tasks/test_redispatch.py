@@ -8,7 +8,6 @@ a lost attempt and the handler ran twice at once.
 
 import json
 import socket
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +22,7 @@ from apps.tasks.models import AttemptOutcome, Task, TaskAttempt
 from apps.tasks.queues import TaskQueue
 from apps.tasks.states import TaskStatus
 from apps.tasks.transitions import redispatch
+from tests.support.concurrency import at_once
 from tests.tasks.factories import create_task
 
 S = TaskStatus
@@ -154,21 +154,7 @@ def test_concurrent_republishers_send_each_task_once(user, broker):
         published_at=None, updated_at=timezone.now() - timedelta(minutes=1)
     )
     broker.purge_all()
-    counts: list[int] = []
-    start = threading.Barrier(2)
-
-    def republish() -> None:
-        try:
-            start.wait()
-            counts.append(services.republish_unconfirmed(older_than_seconds=0))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=republish) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    counts = at_once(lambda: services.republish_unconfirmed(older_than_seconds=0), 2)
 
     assert sum(counts) == 20
     sent = [pair for m in broker.drain(TaskQueue.DEFAULT) for pair in _dispatches_in(m)]

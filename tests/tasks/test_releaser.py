@@ -1,10 +1,8 @@
 """beat's releaser: due postponed tasks and retry waits become queued, each exactly once."""
 
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from apps.tasks import services
@@ -12,6 +10,7 @@ from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.queues import TaskQueue
 from apps.tasks.schedules import RELEASE_SCHEDULE_NAME, ensure_release_schedule
 from apps.tasks.states import TaskStatus
+from tests.support.concurrency import at_once
 from tests.tasks.factories import create_task
 
 S = TaskStatus
@@ -58,21 +57,7 @@ def test_two_releasers_at_once_release_each_task_once(user, broker):
     Task.objects.filter(id__in=[t.id for t in tasks]).update(
         run_at=timezone.now() - timedelta(seconds=1)
     )
-    counts: list[int] = []
-    barrier = threading.Barrier(2)
-
-    def release() -> None:
-        barrier.wait()
-        try:
-            counts.append(services.release_due_tasks(batch_size=20))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=release) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    counts = at_once(lambda: services.release_due_tasks(batch_size=20), 2)
 
     assert sum(counts) == 300
     assert all(c > 0 for c in counts), f"both releasers should have worked: {counts}"

@@ -1,6 +1,5 @@
 """The one transition function: legal moves only, conditional, with a history row each."""
 
-import threading
 import uuid
 
 import pytest
@@ -18,6 +17,7 @@ from apps.tasks.transitions import (
     transition_one,
     transition_one_moved,
 )
+from tests.support.concurrency import at_once
 from tests.tasks.factories import make_task
 
 S = TaskStatus
@@ -155,23 +155,10 @@ def test_json_fields_come_back_as_python_values(user):
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_claims_only_one_wins(user):
     task = make_task(user)
-    barrier = threading.Barrier(8)
-    winners: list[bool] = []
-
-    def claim() -> None:
-        barrier.wait()
-        try:
-            winners.append(
-                transition_one(task_id=task.id, to=S.RUNNING, allowed_from={S.QUEUED}) is not None
-            )
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    winners = at_once(
+        lambda: transition_one(task_id=task.id, to=S.RUNNING, allowed_from={S.QUEUED}) is not None,
+        8,
+    )
     assert sorted(winners) == [False] * 7 + [True]
     assert TaskStatusChange.objects.filter(task=task, to_status=S.RUNNING).count() == 1
 
