@@ -68,10 +68,21 @@ def on_exit(server: object) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    # The application is loaded: published_at is written by a thread of this worker, off the
-    # request path (apps.tasks.publisher.PublishedMarks).
-    from apps.tasks.publisher import marks
+    # The application is loaded: the creates' messages are published, and published_at written,
+    # by threads of this worker, off the request path (apps.tasks.publisher.RequestPublishing,
+    # PublishedMarks).
+    from apps.tasks.publisher import marks, request_publishing
     from taskflow.startup import freeze_loaded_objects
 
+    request_publishing.start()
     marks.start()
     freeze_loaded_objects()
+
+
+def worker_exit(server: object, worker: Any) -> None:
+    # A worker that stops (a deploy, WEB_MAX_REQUESTS) publishes and marks what its threads
+    # still hold; a worker killed outright leaves that to republish_unconfirmed.
+    from apps.tasks.publisher import marks, request_publishing
+
+    request_publishing.stop()
+    marks.stop()

@@ -566,6 +566,92 @@ class PublishedMarks:
 marks = PublishedMarks()
 
 
+class RequestPublishing:
+    """The messages of the requests' creates, published by a thread of the web process, so that a
+    request answers once its transaction committed instead of waiting for the broker's confirm.
+
+    What several requests committed while the thread was busy goes out in one publish: one wait
+    for the confirms, and the tasks of a type that runs in batches share `execute_batch` messages
+    (W12), as a bulk create's do. Nothing is promised that a commit does not already give: the
+    task and its history row are in PostgreSQL before the 201, and a dispatch the broker did not
+    confirm (the broker away, this process killed before the thread published) is published again
+    by `republish_unconfirmed` after `REPUBLISH_AFTER_SECONDS`, as it was when the request itself
+    published and the broker was away. Off until `start()` (gunicorn workers call it:
+    taskflow/gunicorn.conf.py, which also publishes what is left when a worker exits); elsewhere
+    (workers, beat, tests, scripts) a create publishes in its own thread after commit.
+    """
+
+    # The thread closes its database connection after this long without messages to publish.
+    IDLE_CLOSE_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._pending: list[Dispatch] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._flushing = threading.Lock()  # one publish at a time: flush() waits for the thread's
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_pid: int | None = None
+
+    def start(self) -> None:
+        self.enabled = True
+
+    def stop(self) -> None:
+        """Publish in the caller's thread again; the thread ends, and what it held goes out now."""
+        self.enabled = False
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._thread = None
+        self.flush()
+
+    def add(self, dispatches: Sequence[Dispatch]) -> None:
+        if not self.enabled:
+            publish_now(dispatches, mark_later=True)
+            return
+        with self._lock:
+            self._pending.extend(dispatches)
+            if self._thread_pid != os.getpid():  # none yet in this process (or forked away)
+                self._thread_pid = os.getpid()
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="request-publishing", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def flush(self) -> int:
+        """Publish what is pending now, in the caller's thread. Returns how many were pending."""
+        with self._flushing:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:
+                publish_now(batch, mark_later=True)
+        return len(batch)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not self._wake.wait(timeout=self.IDLE_CLOSE_SECONDS):
+                    connection.close()  # idle: hold no database connection
+                    continue
+                self._wake.clear()
+                try:
+                    self.flush()
+                except Exception:
+                    # Unconfirmed, so unmarked: republish_unconfirmed sends them later.
+                    logger.exception("Could not publish the requests' tasks")
+                    close_old_connections()
+        finally:
+            connection.close()
+            self._thread_pid = None
+
+
+request_publishing = RequestPublishing()
+
+
 def publish_now(dispatches: Iterable[Dispatch], *, mark_later: bool = False) -> int:
     """Publish and mark what the broker confirmed. Returns how many were confirmed.
 
@@ -579,9 +665,16 @@ def publish_now(dispatches: Iterable[Dispatch], *, mark_later: bool = False) -> 
     return len(confirmed)
 
 
-def publish_on_commit(dispatches: list[Dispatch], *, mark_later: bool = False) -> None:
-    if dispatches:
-        transaction.on_commit(lambda: publish_now(dispatches, mark_later=mark_later))
+def publish_on_commit(dispatches: list[Dispatch], *, from_request: bool = False) -> None:
+    """Publish after the transaction commits. `from_request`: a create of the API, whose
+    messages `request_publishing` sends when the process runs it (gunicorn), and whose marks
+    `marks` may write off the request."""
+    if not dispatches:
+        return
+    if from_request:
+        transaction.on_commit(lambda: request_publishing.add(dispatches))
+    else:
+        transaction.on_commit(lambda: publish_now(dispatches))
 
 
 def dispatch_for(task: Task) -> Dispatch:

@@ -289,7 +289,7 @@ def task_create(
             if not _insert_with_creation_record(task, owner, active_cap=cap):
                 raise _active_cap_error(cap)
             if task.status == S.QUEUED:
-                publisher.publish_on_commit([publisher.dispatch_for(task)], mark_later=True)
+                publisher.publish_on_commit([publisher.dispatch_for(task)], from_request=True)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -490,7 +490,7 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[NewTas
     with transaction.atomic():
         _task_rows(owner).copy(task_rows)
         _history_rows(owner).copy(history_rows)
-        publisher.publish_on_commit(dispatches, mark_later=True)
+        publisher.publish_on_commit(dispatches, from_request=True)
     return created
 
 

@@ -1,6 +1,7 @@
 """The row commits first, the message follows; a message the broker never took is sent again."""
 
 import dataclasses
+import runpy
 import subprocess
 import threading
 import uuid
@@ -17,7 +18,7 @@ from apps.tasks.publisher import Dispatch
 from apps.tasks.queues import TaskQueue
 from apps.tasks.states import TaskStatus
 from taskflow.celery import app as celery_app
-from tests.support.broker import use_broker
+from tests.support.broker import tasks_in, use_broker
 from tests.support.wait import wait_for
 from tests.tasks.factories import create_task
 
@@ -403,3 +404,69 @@ def test_the_first_publish_declares_its_queue_with_dead_lettering(user, fresh_vh
     assert declared is not None
     assert "taskflow.dlx" in declared[0]  # x-dead-letter-exchange, as apps.tasks.queues declares
     wait_for(lambda: queues()[TaskQueue.DEFAULT.value][1] == "3", what="the three messages")
+
+
+@pytest.fixture
+def publishing_in_a_thread() -> Any:
+    """As in a gunicorn worker: the creates' messages published by a thread, marks by another."""
+    publisher.marks.start()
+    publisher.request_publishing.start()
+    yield publisher.request_publishing
+    publisher.request_publishing.stop()
+    publisher.marks.stop()
+
+
+def _all_marked() -> bool:
+    return not Task.objects.filter(published_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_web_process_publishes_the_creates_off_the_request(user, broker, publishing_in_a_thread):
+    api = APIClient()
+    api.force_authenticate(user)
+    with publishing_in_a_thread._flushing:  # the thread is busy publishing
+        for n in range(3):
+            response = api.post("/api/tasks", {"type": "echo", "payload": {"n": n}}, format="json")
+            assert response.status_code == 201  # answered without waiting for the broker
+        assert broker.depth(TaskQueue.DEFAULT) == 0
+    wait_for(_all_marked, what="the threads to publish and mark the three tasks")
+    # What the requests committed meanwhile went out in one publish: echo shares messages.
+    [message] = broker.drain(TaskQueue.DEFAULT)
+    assert sorted(tasks_in(message)) == sorted(
+        str(i) for i in Task.objects.values_list("id", flat=True)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_exit_publishes_and_marks_what_the_threads_hold(
+    user, broker, publishing_in_a_thread
+):
+
+    worker_exit = runpy.run_path("taskflow/gunicorn.conf.py")["worker_exit"]
+    with publishing_in_a_thread._flushing:
+        tasks = [create_task(user) for _ in range(2)]
+        exiting = threading.Thread(target=worker_exit, args=(None, None))
+        exiting.start()
+    exiting.join(timeout=30)
+    assert not exiting.is_alive()
+    assert _all_marked()  # by the time the hook returns
+    assert sorted(broker.task_ids(TaskQueue.DEFAULT)) == sorted(str(t.id) for t in tasks)
+    assert not publisher.request_publishing.enabled
+    assert not publisher.marks.enabled
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_create_the_thread_could_not_publish_is_published_again(
+    user, broker, broker_down, publishing_in_a_thread
+):
+    api = APIClient()
+    api.force_authenticate(user)
+    response = api.post("/api/tasks", {"type": "echo", "payload": {}}, format="json")
+    assert response.status_code == 201
+    publishing_in_a_thread.flush()  # waits for the thread's attempt, which the broker refused
+    task = Task.objects.get(id=response.json()["id"])
+    assert task.published_at is None
+
+    broker_down()  # RabbitMQ is back
+    assert services.republish_unconfirmed(older_than_seconds=0) == 1
+    assert broker.task_ids(TaskQueue.DEFAULT) == [str(task.id)]
