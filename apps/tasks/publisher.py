@@ -482,20 +482,15 @@ _MARK_PUBLISHED_SQL = (
 )
 
 
-class PublishedMarks:
-    """`published_at` of confirmed dispatches, written off the request path by a thread.
+class _OffRequestThread:
+    """Dispatches handed to a thread of the process, which handles what has gathered each time it
+    wakes; `flush()` handles it in the caller's thread. Off until `start()` (gunicorn workers call
+    it: taskflow/gunicorn.conf.py); while off, `add()` handles the dispatches at once."""
 
-    The request then commits once (its task), not twice. What the thread has not written yet
-    (or never writes, if the process dies first) only makes `republish_unconfirmed` send a
-    second copy of a message once `REPUBLISH_AFTER_SECONDS` have passed, if the task is still
-    queued: harmless, the claim drops the copy. A dispatch the broker did not confirm is never
-    marked. Off until `start()` (gunicorn workers call it: taskflow/gunicorn.conf.py): elsewhere
-    (workers, beat, tests, scripts) marking is synchronous.
-    """
-
-    # Marks wait this long for company, so a busy process writes them in a few UPDATEs a second.
-    INTERVAL_SECONDS = 0.1
-    # The thread closes its database connection after this long without marks.
+    THREAD_NAME = ""
+    # After a wake, the thread waits this long for company before it handles what it has.
+    INTERVAL_SECONDS = 0.0
+    # The thread closes its database connection after this long without work.
     IDLE_CLOSE_SECONDS = 5.0
 
     def __init__(self) -> None:
@@ -508,11 +503,14 @@ class PublishedMarks:
         self._thread: threading.Thread | None = None
         self._thread_pid: int | None = None
 
+    def _handle(self, dispatches: list[Dispatch]) -> None:
+        raise NotImplementedError
+
     def start(self) -> None:
         self.enabled = True
 
     def stop(self) -> None:
-        """Mark synchronously again; the thread ends, and what it held is written now."""
+        """Handle in the caller's thread again; the thread ends, and what it held is handled now."""
         self.enabled = False
         self._stopping.set()
         self._wake.set()
@@ -523,7 +521,7 @@ class PublishedMarks:
 
     def add(self, dispatches: Sequence[Dispatch]) -> None:
         if not self.enabled:
-            _mark_published(dispatches)
+            self._handle(list(dispatches))
             return
         with self._lock:
             self._pending.extend(dispatches)
@@ -531,17 +529,18 @@ class PublishedMarks:
                 self._thread_pid = os.getpid()
                 self._stopping.clear()
                 self._thread = threading.Thread(
-                    target=self._run, name="published-marks", daemon=True
+                    target=self._run, name=self.THREAD_NAME, daemon=True
                 )
                 self._thread.start()
         self._wake.set()
 
     def flush(self) -> int:
-        """Write what is pending now, in the caller's thread. Returns how many were pending."""
+        """Handle what is pending now, in the caller's thread. Returns how many were pending."""
         with self._flushing:
             with self._lock:
                 batch, self._pending = self._pending, []
-            _mark_published(batch)
+            if batch:
+                self._handle(batch)
         return len(batch)
 
     def _run(self) -> None:
@@ -551,22 +550,41 @@ class PublishedMarks:
                     connection.close()  # idle: hold no database connection
                     continue
                 self._wake.clear()
-                self._stopping.wait(self.INTERVAL_SECONDS)  # let more marks come
+                if self.INTERVAL_SECONDS:
+                    self._stopping.wait(self.INTERVAL_SECONDS)  # let more come
                 try:
                     self.flush()
                 except Exception:
-                    # Those tasks stay unmarked: at worst a second copy of their message, later.
-                    logger.exception("Could not record published_at of confirmed tasks")
+                    # Unmarked either way: at worst republish_unconfirmed sends a message again.
+                    logger.exception("%s: could not handle the dispatches", self.THREAD_NAME)
                     close_old_connections()
         finally:
             connection.close()
             self._thread_pid = None
 
 
+class PublishedMarks(_OffRequestThread):
+    """`published_at` of confirmed dispatches, written off the request path by a thread.
+
+    The request then commits once (its task), not twice. What the thread has not written yet
+    (or never writes, if the process dies first) only makes `republish_unconfirmed` send the
+    task's message again once `REPUBLISH_AFTER_SECONDS` have passed, if it is still queued
+    (under a new dispatch_id: the claim drops the first copy). A dispatch the broker did not
+    confirm is never marked. Elsewhere (workers, beat, tests, scripts) marking is synchronous.
+    """
+
+    THREAD_NAME = "published-marks"
+    # Marks wait this long for company, so a busy process writes them in a few UPDATEs a second.
+    INTERVAL_SECONDS = 0.1
+
+    def _handle(self, dispatches: list[Dispatch]) -> None:
+        _mark_published(dispatches)
+
+
 marks = PublishedMarks()
 
 
-class RequestPublishing:
+class RequestPublishing(_OffRequestThread):
     """The messages of the requests' creates, published by a thread of the web process, so that a
     request answers once its transaction committed instead of waiting for the broker's confirm.
 
@@ -576,77 +594,14 @@ class RequestPublishing:
     task and its history row are in PostgreSQL before the 201, and a dispatch the broker did not
     confirm (the broker away, this process killed before the thread published) is published again
     by `republish_unconfirmed` after `REPUBLISH_AFTER_SECONDS`, as it was when the request itself
-    published and the broker was away. Off until `start()` (gunicorn workers call it:
-    taskflow/gunicorn.conf.py, which also publishes what is left when a worker exits); elsewhere
-    (workers, beat, tests, scripts) a create publishes in its own thread after commit.
+    published and the broker was away. gunicorn's `worker_exit` publishes what is left when a
+    worker stops; elsewhere a create publishes in its own thread after commit.
     """
 
-    # The thread closes its database connection after this long without messages to publish.
-    IDLE_CLOSE_SECONDS = 5.0
+    THREAD_NAME = "request-publishing"
 
-    def __init__(self) -> None:
-        self.enabled = False
-        self._pending: list[Dispatch] = []
-        self._lock = threading.Lock()  # guards _pending
-        self._flushing = threading.Lock()  # one publish at a time: flush() waits for the thread's
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._thread_pid: int | None = None
-
-    def start(self) -> None:
-        self.enabled = True
-
-    def stop(self) -> None:
-        """Publish in the caller's thread again; the thread ends, and what it held goes out now."""
-        self.enabled = False
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._thread = None
-        self.flush()
-
-    def add(self, dispatches: Sequence[Dispatch]) -> None:
-        if not self.enabled:
-            publish_now(dispatches, mark_later=True)
-            return
-        with self._lock:
-            self._pending.extend(dispatches)
-            if self._thread_pid != os.getpid():  # none yet in this process (or forked away)
-                self._thread_pid = os.getpid()
-                self._stopping.clear()
-                self._thread = threading.Thread(
-                    target=self._run, name="request-publishing", daemon=True
-                )
-                self._thread.start()
-        self._wake.set()
-
-    def flush(self) -> int:
-        """Publish what is pending now, in the caller's thread. Returns how many were pending."""
-        with self._flushing:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if batch:
-                publish_now(batch, mark_later=True)
-        return len(batch)
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                if not self._wake.wait(timeout=self.IDLE_CLOSE_SECONDS):
-                    connection.close()  # idle: hold no database connection
-                    continue
-                self._wake.clear()
-                try:
-                    self.flush()
-                except Exception:
-                    # Unconfirmed, so unmarked: republish_unconfirmed sends them later.
-                    logger.exception("Could not publish the requests' tasks")
-                    close_old_connections()
-        finally:
-            connection.close()
-            self._thread_pid = None
+    def _handle(self, dispatches: list[Dispatch]) -> None:
+        publish_now(dispatches, mark_later=True)
 
 
 request_publishing = RequestPublishing()
