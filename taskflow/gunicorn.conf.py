@@ -3,6 +3,7 @@
 import glob
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -81,8 +82,11 @@ def post_worker_init(worker: Any) -> None:
 
 def worker_exit(server: object, worker: Any) -> None:
     # A worker that stops (a deploy, WEB_MAX_REQUESTS) publishes and marks what its threads
-    # still hold; a worker killed outright leaves that to republish_unconfirmed.
-    from apps.tasks.publisher import marks, request_publishing
-
-    request_publishing.stop()
-    marks.stop()
+    # still hold; a worker killed outright leaves that to republish_unconfirmed. gunicorn also
+    # calls this in the arbiter, for a worker it found gone, where the application (and Django)
+    # was never loaded: nothing to do there.
+    publisher = sys.modules.get("apps.tasks.publisher")
+    if publisher is None:
+        return
+    publisher.request_publishing.stop()
+    publisher.marks.stop()

@@ -48,3 +48,23 @@ def test_a_celery_pool_process_freezes_what_it_loaded():
     assert counts["before"] == 0
     assert counts["frozen"] > 20_000
     assert counts["tracked"] < counts["frozen"] / 10
+
+
+def test_gunicorn_worker_exit_in_the_arbiter_does_nothing():
+    """gunicorn calls worker_exit in the arbiter too (for a worker it found gone), where neither
+    the application nor Django was loaded: the hook must not import them (it would raise there)."""
+    probe = (
+        "import runpy, sys\n"
+        "runpy.run_path('taskflow/gunicorn.conf.py')['worker_exit'](None, None)\n"
+        "print('django' in sys.modules and 'apps.tasks.publisher' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": "", "HOME": "/tmp"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
