@@ -488,6 +488,8 @@ class _OffRequestThread:
     it: taskflow/gunicorn.conf.py); while off, `add()` handles the dispatches at once."""
 
     THREAD_NAME = ""
+    # Logged (with the traceback) when handling a batch fails; the batch is not retried here.
+    FAILURE_MESSAGE = ""
     # After a wake, the thread waits this long for company before it handles what it has.
     INTERVAL_SECONDS = 0.0
     # The thread closes its database connection after this long without work.
@@ -556,7 +558,7 @@ class _OffRequestThread:
                     self.flush()
                 except Exception:
                     # Unmarked either way: at worst republish_unconfirmed sends a message again.
-                    logger.exception("%s: could not handle the dispatches", self.THREAD_NAME)
+                    logger.exception(self.FAILURE_MESSAGE)
                     close_old_connections()
         finally:
             connection.close()
@@ -574,6 +576,7 @@ class PublishedMarks(_OffRequestThread):
     """
 
     THREAD_NAME = "published-marks"
+    FAILURE_MESSAGE = "Could not record published_at of confirmed tasks"
     # Marks wait this long for company, so a busy process writes them in a few UPDATEs a second.
     INTERVAL_SECONDS = 0.1
 
@@ -599,6 +602,7 @@ class RequestPublishing(_OffRequestThread):
     """
 
     THREAD_NAME = "request-publishing"
+    FAILURE_MESSAGE = "Could not publish the requests' tasks (they are published again later)"
 
     def _handle(self, dispatches: list[Dispatch]) -> None:
         publish_now(dispatches, mark_later=True)
