@@ -751,7 +751,11 @@ def republish_unconfirmed(*, older_than_seconds: float | None = None, limit: int
         stale = redispatch("unconfirmed", cutoff, limit=limit)
         confirmed = _publish_again_on_commit(stale)
     if stale:
-        logger.info("Published again %d queued task(s) with no confirmed message", len(stale))
+        logger.info(
+            "Published again %d queued task(s) with no confirmed message (%d confirmed)",
+            len(stale),
+            sum(confirmed),
+        )
     return sum(confirmed)
 
 
@@ -785,7 +789,10 @@ def republish_lost(*, older_than_seconds: float | None = None, limit: int = 1000
         confirmed = _publish_again_on_commit(lost)
     if lost:
         logger.warning(
-            "Published again %d queued task(s) whose message is gone from %s", len(lost), empty
+            "Published again %d queued task(s) whose message is gone from %s (%d confirmed)",
+            len(lost),
+            empty,
+            sum(confirmed),
         )
     return sum(confirmed)
 
