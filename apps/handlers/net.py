@@ -10,14 +10,19 @@ A user names a URL; we must not let it reach the cluster's private side (the met
 3. The connection goes to the vetted address itself (the Host header and TLS SNI and certificate
    check keep the name), so a second DNS answer cannot swap in another address (DNS rebinding).
 4. Redirects are followed here, one hop at a time, each hop vetted again (at most MAX_REDIRECTS).
+5. A compressed body (gzip or deflate, one layer) is inflated here, a bounded piece at a time,
+   so that a size limit holds for what is produced (httpx inflates a whole network chunk at once
+   and stacks a decoder per listed encoding: a 1 KiB answer marked "gzip, gzip" became 256 MiB).
 
 Proxies from the environment are ignored (a proxy would connect on our behalf, unchecked).
 """
 
 import ipaddress
+import logging
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +35,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from apps.handlers.errors import PermanentError, RetryableError
 
+logger = logging.getLogger(__name__)
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,6 +46,13 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 USER_AGENT = "TaskFlow/1.0"
 CHUNK_SIZE = 64 * 1024
+# What read_body can inflate; asked for unless the caller's headers say otherwise.
+ACCEPT_ENCODING = "gzip, deflate"
+_ZLIB_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -56,6 +70,10 @@ class TooManyRedirects(PermanentError):
 
 class BodyTooLarge(PermanentError):
     pass
+
+
+class UnreadableBody(PermanentError):
+    """An encoding read_body does not decode, or a compressed body that is corrupt."""
 
 
 class NetworkError(RetryableError):
@@ -152,9 +170,11 @@ def vet(url: httpx.URL) -> IPAddress:
         raise InvalidUrl(f"{url.host} resolves to no address.")
     for ip in addresses:
         if not address_allowed(ip):
-            shown = url.host if url.host == str(ip) else f"{url.host} ({ip})"
+            # The user sees the name only: the address an internal name resolves to is the
+            # cluster's to know (the operator finds it in the log).
+            logger.warning("SSRF guard: %s resolves to %s, which is not allowed", url.host, ip)
             raise BlockedAddress(
-                f"Refused to connect to {shown}: not a public address "
+                f"Refused to connect to {url.host}: not a public address "
                 "(SSRF guard; an operator can allow networks with SSRF_ALLOWED_NETWORKS)."
             )
     return addresses[0]
@@ -199,7 +219,11 @@ def guarded_request(
     `read_body(..., deadline=...)`. A redirect that turns the request into a GET drops the body.
     """
     current = parse_url(url)
-    request_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    request_headers = {
+        "User-Agent": USER_AGENT,
+        "Accept-Encoding": ACCEPT_ENCODING,
+        **(headers or {}),
+    }
     redirects: list[str] = []
     with httpx.Client(
         trust_env=False,
@@ -265,26 +289,96 @@ def _send(
 def read_body(
     guarded: GuardedResponse, *, max_bytes: int, deadline: float | None = None
 ) -> Iterator[bytes]:
-    """The response body in chunks; BodyTooLarge past `max_bytes`, DeadlineExceeded past
-    `deadline` (a time.monotonic() value), so that a slow trickle cannot hold a worker forever."""
+    """The response body (inflated if it came compressed) in chunks; BodyTooLarge once more than
+    `max_bytes` were produced, DeadlineExceeded past `deadline` (a time.monotonic() value), so
+    that neither a slow trickle nor a small compressed answer can hold a worker."""
     response = guarded.response
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge(
             f"{guarded.url}: the response is {int(declared)} bytes, over the limit of {max_bytes}."
         )
+    inflater = _inflater_for(guarded)
     received = 0
+
+    def checked(chunk: bytes) -> bytes:
+        nonlocal received
+        received += len(chunk)
+        if received > max_bytes:
+            raise BodyTooLarge(
+                f"{guarded.url}: the response passed the limit of {max_bytes} bytes."
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded(f"{guarded.url}: the download took too long.")
+        return chunk
+
     try:
-        for chunk in response.iter_bytes():  # as they arrive (a chunk size would wait to fill it)
-            received += len(chunk)
-            if received > max_bytes:
-                raise BodyTooLarge(
-                    f"{guarded.url}: the response passed the limit of {max_bytes} bytes."
-                )
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded(f"{guarded.url}: the download took too long.")
-            yield chunk
+        for raw in response.iter_raw():  # as they arrive (a chunk size would wait to fill it)
+            if inflater is None:
+                yield checked(raw)
+                continue
+            for chunk in inflater.feed(raw):
+                yield checked(chunk)
+            if inflater.finished:
+                break  # what follows a gzip member is not part of the body
+        if inflater is not None:
+            for chunk in inflater.flush():
+                yield checked(chunk)
     except httpx.TimeoutException as exc:
         raise NetworkError(f"{guarded.url}: timed out while reading the body") from exc
     except httpx.TransportError as exc:
         raise NetworkError(f"{guarded.url}: {type(exc).__name__} while reading: {exc}") from exc
+
+
+def _inflater_for(guarded: GuardedResponse) -> "_Inflater | None":
+    header = guarded.response.headers.get("content-encoding", "")
+    encodings = [part.strip().lower() for part in header.split(",")]
+    encodings = [name for name in encodings if name and name != "identity"]
+    if not encodings:
+        return None
+    if len(encodings) > 1 or encodings[0] not in _ZLIB_WBITS:
+        raise UnreadableBody(
+            f"{guarded.url}: the response's Content-Encoding {header!r} is not supported "
+            "(one layer of gzip or deflate is)."
+        )
+    return _Inflater(encodings[0], guarded.url)
+
+
+class _Inflater:
+    """gzip or deflate, inflated at most CHUNK_SIZE bytes at a time."""
+
+    def __init__(self, encoding: str, url: str) -> None:
+        self._url = url
+        self._zlib = zlib.decompressobj(_ZLIB_WBITS[encoding])
+        # "deflate" is meant to be zlib-wrapped, but some servers send it raw (as httpx allows).
+        self._may_be_raw = encoding == "deflate"
+
+    @property
+    def finished(self) -> bool:
+        return self._zlib.eof
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data and not self._zlib.eof:
+            try:
+                produced = self._zlib.decompress(data, CHUNK_SIZE)
+            except zlib.error as exc:
+                if self._may_be_raw:
+                    self._may_be_raw = False
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise UnreadableBody(
+                    f"{self._url}: the compressed body is corrupt ({exc})."
+                ) from exc
+            self._may_be_raw = False
+            data = self._zlib.unconsumed_tail
+            if produced:
+                yield produced
+
+    def flush(self) -> Iterator[bytes]:
+        # What inflate still holds once the input is consumed: less than a window's worth.
+        try:
+            rest = self._zlib.flush()
+        except zlib.error as exc:
+            raise UnreadableBody(f"{self._url}: the compressed body is corrupt ({exc}).") from exc
+        if rest:
+            yield rest

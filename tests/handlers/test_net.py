@@ -2,11 +2,14 @@
 
 import ipaddress
 import json
+import tracemalloc
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.handlers import net
+from apps.handlers.errors import PermanentError
+from tests.support.http import body_of, encoded
 
 
 @pytest.mark.parametrize(
@@ -144,3 +147,57 @@ def test_a_refused_connection_is_a_network_error(settings):
     settings.SSRF_ALLOWED_NETWORKS = ["127.0.0.0/8"]
     with pytest.raises(net.NetworkError):
         fetch(f"http://127.0.0.1:{free_port()}/")
+
+
+def test_a_refused_name_is_named_without_the_address_it_resolves_to(web, settings):
+    # What an internal name resolves to is not the user's to learn (the log has it).
+    settings.SSRF_ALLOWED_NETWORKS = []
+    with pytest.raises(net.BlockedAddress, match="not a public address") as refused:
+        fetch(f"http://localhost:{web.port}/bytes/10")
+    assert "localhost" in str(refused.value)
+    assert "127.0.0.1" not in str(refused.value)
+
+
+def test_gzip_is_asked_for(web):
+    _, body = fetch(web.url("/echo"))
+    assert json.loads(body)["headers"]["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_a_compressed_body_is_read_inflated(web, encoding):
+    guarded, body = fetch(web.url(f"/encoded/{encoding}/300000"))
+    assert guarded.response.headers["content-encoding"] in {"gzip", "deflate"}
+    assert body == body_of(300_000)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "message"),
+    [
+        ("gzip,gzip", "Content-Encoding 'gzip, gzip' is not supported"),
+        ("br", "Content-Encoding 'br' is not supported"),
+        ("corrupt-gzip", "the compressed body is corrupt"),
+    ],
+)
+def test_a_body_that_cannot_be_inflated_is_a_permanent_error(web, encoding, message):
+    with pytest.raises(net.UnreadableBody, match=message):
+        fetch(web.url(f"/encoded/{encoding}/300000"))
+    assert issubclass(net.UnreadableBody, PermanentError)
+
+
+def test_the_limit_holds_while_a_compressed_body_is_inflated(web):
+    # 64 MiB that compress to ~200 kB: httpx inflated a whole network chunk before a limit could
+    # look at it, so a small answer could fill a worker's memory (two layers: gigabytes).
+    limit = 1024 * 1024
+    encoded("gzip", 64 * limit)  # made now, so that only the client's memory is measured
+    tracemalloc.start()
+    try:
+        with (
+            net.guarded_request("GET", web.url(f"/encoded/gzip/{64 * limit}"), timeout=30) as got,
+            pytest.raises(net.BodyTooLarge, match="passed the limit"),
+        ):
+            for _ in net.read_body(got, max_bytes=limit):
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * limit, f"{peak / limit:.0f} MiB held to keep to a 1 MiB limit"

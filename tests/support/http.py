@@ -11,10 +11,15 @@
 /declared-huge     declares Content-Length of 10**12 bytes
 /endless           no Content-Length; streams until the client hangs up
 /echo              JSON: the request's method, path and headers
+/encoded/ENC/N     `body_of(N)` compressed as ENC (Content-Encoding: ENC): gzip, deflate (zlib),
+                   raw-deflate (marked deflate), gzip,gzip (two layers), corrupt-gzip, or br
+                   (marked br, not really compressed)
 """
 
+import functools
 import json
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +37,32 @@ def body_of(key: str | int, size: int | None = None) -> bytes:
         pattern = b"taskflow-download-"
         return (pattern * (n // len(pattern) + 1))[:n]
     return f"content of {key}\n".encode()
+
+
+def _compress(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+@functools.lru_cache(maxsize=8)
+def encoded(encoding: str, size: int) -> tuple[str, bytes]:
+    """(the Content-Encoding header, the body) for /encoded/ENC/N; kept, so that a test can make
+    it before it measures what the client allocates."""
+    data = body_of(size)
+    gzip, deflate = 16 + zlib.MAX_WBITS, zlib.MAX_WBITS
+    if encoding == "gzip":
+        return "gzip", _compress(data, gzip)
+    if encoding == "deflate":
+        return "deflate", _compress(data, deflate)
+    if encoding == "raw-deflate":
+        return "deflate", _compress(data, -zlib.MAX_WBITS)
+    if encoding == "gzip,gzip":
+        return "gzip, gzip", _compress(_compress(data, gzip), gzip)
+    if encoding == "corrupt-gzip":
+        packed = bytearray(_compress(data, gzip))
+        packed[20:40] = b"\xff" * 20
+        return "gzip", bytes(packed)
+    return encoding, data
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -128,6 +159,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if self.server.release.is_set():
                         break
                     self.wfile.write(CHUNK)
+            elif head == "encoded":
+                header, body = encoded(parts[1], int(parts[2]))
+                self._send(200, body, send_body, Content_Encoding=header)
             elif head == "echo":
                 body = json.dumps(
                     {"method": self.command, "path": self.path, "headers": dict(self.headers)}
