@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import JSONValueField, StrictInputSerializer
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, validation_summary
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
 from apps.tasks.models import Task
@@ -179,10 +179,31 @@ class TaskPageOutputSerializer(serializers.Serializer):
 
 
 class TaskCursorPagination(CursorPagination):
+    """DRF's cursor pagination (the task list's and the file list's), refusing a page_size
+    outside 1..max_page_size rather than quietly replacing it."""
+
     ordering = ("-created_at", "-id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
+    page_size: int = 50
+    page_size_query_param: str = "page_size"
+    max_page_size: int = 200
+
+    def get_page_size(self, request: Request) -> int:
+        # DRF falls back to the default for 0, -1, abc or 1.5, and clamps 201 to 200: a client
+        # asking for what the API does not give should hear so. ASCII digits only (int() also
+        # takes " 5", "+5", "5_0" and other scripts' digits), and few of them (int() refuses
+        # more than 4300); an empty value is no value, as for the list's filters.
+        name = self.page_size_query_param
+        value = request.query_params.get(name, "")
+        if value == "":
+            return self.page_size
+        if value.isascii() and value.isdigit() and len(value) <= 10:
+            size = int(value)
+            if 1 <= size <= self.max_page_size:
+                return size
+        fields = {name: [f"Must be an integer from 1 to {self.max_page_size}."]}
+        raise ApplicationError(
+            f"Invalid input: {validation_summary(fields)}", code="validation_error", fields=fields
+        )
 
     def decode_cursor(self, request: Request) -> Any:
         # DRF answers a cursor it cannot decode with a 404; it is a bad parameter, so a 400.

@@ -150,6 +150,13 @@ def test_an_invalid_filter_is_a_400(api):
     assert_error(api.get("/api/files?source_task=nope"), 400, "validation_error", "source_task")
 
 
+@pytest.mark.parametrize("value", ["0", "abc", "201"])
+def test_a_page_size_outside_1_to_200_is_a_400(api, user, value):
+    """Regression: the task list's pagination answered these with 50 files, or 200."""
+    make_file(user, "a.txt")
+    assert_error(api.get(f"/api/files?page_size={value}"), 400, "validation_error", "page_size")
+
+
 def test_metadata_of_my_file(api, user):
     file = make_file(user, "notes.txt", b"hello\n")
     body = api.get(f"/api/files/{file.id}").json()

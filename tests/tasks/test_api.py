@@ -443,19 +443,64 @@ def test_list_keeps_its_filters_across_pages(api):
     assert seen == list(reversed(echoes))
 
 
-def test_list_page_size_is_capped_at_200(api, user):
+def test_list_page_size_goes_up_to_200(api, user):
     now = timezone.now()
     Task.objects.bulk_create(
         Task(owner=user, type="echo", payload={}, queue="default", status=S.CANCELLED)
         for _ in range(205)
     )
     Task.objects.filter(owner=user).update(created_at=now)
-    page = api.get("/api/tasks?page_size=1000").json()
+    page = api.get("/api/tasks?page_size=200").json()
     assert len(page["results"]) == 200
     assert page["next"] is not None
     rest = api.get(page["next"]).json()
     assert len(rest["results"]) == 5
     assert not {t["id"] for t in rest["results"]} & {t["id"] for t in page["results"]}
+
+
+@pytest.mark.parametrize("value", ["1", "01", "200"])
+def test_list_page_size_of_1_to_200(api, value):
+    for i in range(2):
+        create(api, type="echo", payload={"i": i})
+    page = api.get(f"/api/tasks?page_size={value}")
+    assert page.status_code == 200, page.content
+    assert len(page.json()["results"]) == min(int(value), 2)
+
+
+def test_list_with_an_empty_page_size_has_the_default(api, user):
+    Task.objects.bulk_create(
+        Task(owner=user, type="echo", payload={}, queue="default", status=S.CANCELLED)
+        for _ in range(51)
+    )
+    assert len(api.get("/api/tasks?page_size=").json()["results"]) == 50
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "-1",
+        "abc",
+        "1.5",
+        "201",
+        "1000",
+        "99999999999999999999",
+        pytest.param("9" * 5000, id="5000-digits"),
+        " 5",
+        "+5",
+        "5_0",
+        "\u0665",
+        "1e2",
+    ],
+)
+def test_list_page_size_outside_1_to_200_is_400(api, user, value):
+    """Regression: DRF's cursor pagination answered 0, -1, abc or 1.5 with the default page
+    size and 201 with 200, where docs/api.md says 1..200."""
+    create(api, type="echo", payload={})
+    error = assert_error(
+        api.get("/api/tasks", {"page_size": value}), 400, "validation_error", ("page_size",)
+    )
+    assert error["fields"] == {"page_size": ["Must be an integer from 1 to 200."]}
 
 
 def test_list_with_an_invalid_cursor_is_400(api):
