@@ -5,13 +5,14 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.fields import get_error_detail
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -178,9 +179,17 @@ class TaskPageOutputSerializer(serializers.Serializer):
     results = TaskListItemSerializer(many=True)
 
 
+def _invalid_cursor() -> ApplicationError:
+    return ApplicationError(
+        "Invalid cursor: follow the next and previous links as given.",
+        code="invalid_cursor",
+        fields={"cursor": ["Invalid cursor."]},
+    )
+
+
 class TaskCursorPagination(CursorPagination):
-    """DRF's cursor pagination (the task list's and the file list's), refusing a page_size
-    outside 1..max_page_size rather than quietly replacing it."""
+    """DRF's cursor pagination (the task list's and the file list's), refusing what it would
+    quietly replace or pass on: a page_size outside 1..max_page_size, a cursor not of ours."""
 
     ordering = ("-created_at", "-id")
     page_size: int = 50
@@ -205,16 +214,32 @@ class TaskCursorPagination(CursorPagination):
             f"Invalid input: {validation_summary(fields)}", code="validation_error", fields=fields
         )
 
-    def decode_cursor(self, request: Request) -> Any:
+    def decode_cursor(self, request: Request) -> Cursor | None:
         # DRF answers a cursor it cannot decode with a 404; it is a bad parameter, so a 400.
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except exceptions.NotFound as exc:
-            raise ApplicationError(
-                "Invalid cursor: follow the next and previous links as given.",
-                code="invalid_cursor",
-                fields={"cursor": ["Invalid cursor."]},
-            ) from exc
+            raise _invalid_cursor() from exc
+        if cursor is None or not request.query_params[self.cursor_query_param]:
+            return cursor  # no cursor, or an empty one: the first page, as before
+        if cursor == Cursor(offset=0, reverse=False, position=None):
+            # b64decode skips what is not base64 ("!!!!" is b""), and parse_qs what is not
+            # key=value: DRF writes no cursor for the first page, so this one is not ours.
+            raise _invalid_cursor()
+        if cursor.position is None:
+            return cursor
+        # The position goes into created_at__lt/__gt as it is: garbage was Django's "invalid
+        # format" on non_field_errors, an offset past PostgreSQL's ±15:59 a 500. Ours are
+        # str(created_at), an aware time in UTC, which parses back to the same string.
+        # (djangorestframework-stubs type the position int | None; DRF's are strings.)
+        try:
+            position = parse_datetime(str(cursor.position))
+            if position is None or position.utcoffset() is None:
+                raise ValueError("not an aware time")
+            position = position.astimezone(UTC)
+        except (ValueError, OverflowError) as exc:  # 2030-02-30; past year 9999 in UTC
+            raise _invalid_cursor() from exc
+        return cursor._replace(position=str(position))  # type: ignore[arg-type]
 
 
 class TaskListCreateApi(APIView):

@@ -157,6 +157,13 @@ def test_a_page_size_outside_1_to_200_is_a_400(api, user, value):
     assert_error(api.get(f"/api/files?page_size={value}"), 400, "validation_error", "page_size")
 
 
+@pytest.mark.parametrize("cursor", ["!!!!", "cD1nYXJiYWdl"])  # "", "p=garbage"
+def test_a_cursor_not_of_ours_is_invalid_cursor(api, user, cursor):
+    """Regression: the first page (a 200), or Django's "invalid format" on non_field_errors."""
+    make_file(user, "a.txt")
+    assert_error(api.get(f"/api/files?cursor={cursor}"), 400, "invalid_cursor", "cursor")
+
+
 def test_metadata_of_my_file(api, user):
     file = make_file(user, "notes.txt", b"hello\n")
     body = api.get(f"/api/files/{file.id}").json()

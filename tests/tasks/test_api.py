@@ -6,22 +6,28 @@ through the transition function). Those tests use a transactional database, sinc
 outside the test's transaction.
 """
 
+import base64
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from django.db import connection
 from django.utils import timezone
-from rest_framework.test import APIClient
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.test import APIClient, APIRequestFactory
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.tasks import services
+from apps.tasks.api import TaskCursorPagination
 from apps.tasks.execution import DeliveryOutcome, handle_delivery
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.states import TaskStatus
 from apps.tasks.transitions import AttemptStart, Sql, transition_one
+from tests.bench import scale
 from tests.support.wait import wait_for
 
 S = TaskStatus
@@ -505,6 +511,97 @@ def test_list_page_size_outside_1_to_200_is_400(api, user, value):
 
 def test_list_with_an_invalid_cursor_is_400(api):
     assert_error(api.get("/api/tasks?cursor=not-a-cursor"), 400, "invalid_cursor", ("cursor",))
+
+
+def forged_cursor(**tokens: str) -> str:
+    """A cursor as DRF encodes one: base64 of a query string (o offset, r reverse, p position)."""
+    return base64.b64encode(urlencode(tokens).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        "garbage",
+        "",
+        "9999-99-99",
+        "10000-01-01",
+        "2030-02-30 12:00:00+00:00",
+        "2030-01-01 00:00:00",  # naive: ours are aware
+        "2030-01-01",
+        "9999-12-31 23:00:00-05:00",  # past year 9999 in UTC
+        "0001-01-01 00:00:00+01:00",  # before year 1 in UTC
+    ],
+)
+def test_list_with_a_forged_cursor_position_is_invalid_cursor(api, user, position):
+    """Regression: the position went to created_at__lt as it was: Django's "value has an invalid
+    format" as a validation_error on non_field_errors, never naming the cursor."""
+    create(api, type="echo", payload={})
+    for cursor in (forged_cursor(p=position), forged_cursor(r="1", p=position)):
+        error = assert_error(
+            api.get("/api/tasks", {"cursor": cursor}), 400, "invalid_cursor", ("cursor",)
+        )
+        assert error["fields"] == {"cursor": ["Invalid cursor."]}
+
+
+@pytest.mark.parametrize("cursor", ["!!!!", "%00", "~~~~", "====", forged_cursor(x="1")])
+def test_list_with_a_cursor_that_decodes_to_nothing_is_not_the_first_page(api, cursor):
+    """Regression: b64decode skips what is not base64, so "!!!!" decoded to "" and was read
+    as the first page, a 200."""
+    create(api, type="echo", payload={})
+    assert_error(api.get(f"/api/tasks?cursor={cursor}"), 400, "invalid_cursor", ("cursor",))
+
+
+def test_list_with_an_empty_cursor_is_the_first_page(api):
+    task = create(api, type="echo", payload={})
+    page = api.get("/api/tasks?cursor=")
+    assert page.status_code == 200, page.content
+    assert [t["id"] for t in page.json()["results"]] == [task["id"]]
+
+
+def test_list_reads_a_cursor_position_with_any_offset_in_utc(api, user):
+    """Regression: an offset PostgreSQL refuses (past ±15:59) reached it: a 500."""
+    ids = [create(api, type="echo", payload={"i": i})["id"] for i in range(3)]
+    times = [datetime(2030, 1, 1, hour, tzinfo=UTC) for hour in (1, 2, 3)]
+    for task_id, at in zip(ids, times, strict=True):
+        Task.objects.filter(id=task_id).update(created_at=at)
+    # 2030-01-02 01:59+23:59 is 2030-01-01 02:00 UTC: the tasks created before it.
+    page = api.get("/api/tasks", {"cursor": forged_cursor(p="2030-01-02T01:59:00+23:59")})
+    assert page.status_code == 200, page.content
+    assert [t["id"] for t in page.json()["results"]] == [ids[0]]
+
+
+def test_the_benchmarks_deep_cursor_is_still_a_cursor(api, user):
+    """tests/bench/scale.deep_cursor writes a cursor as DRF does, for docs/benchmarks.md's deep
+    cursor page: it must stay a page, not become an invalid_cursor."""
+    ids = [create(api, type="echo", payload={"i": i})["id"] for i in range(4)]
+    cursor = scale.deep_cursor(owner_id=user.id, depth=1)
+    page = api.get(f"/api/tasks?cursor={cursor}")
+    assert page.status_code == 200, page.content
+    assert [t["id"] for t in page.json()["results"]] == list(reversed(ids))[2:]
+
+
+def test_a_cursor_of_ours_decodes_as_drf_decodes_it(api, user):
+    """Valid cursors unchanged: the position of a next or previous link, an offset past a tie."""
+    now = timezone.now()
+    Task.objects.bulk_create(
+        Task(owner=user, type="echo", payload={}, queue="default", status=S.CANCELLED)
+        for _ in range(4)
+    )
+    Task.objects.filter(owner=user).update(created_at=now)
+    older = create(api, type="echo", payload={})["id"]
+    Task.objects.filter(id=older).update(created_at=now - timedelta(seconds=1))
+    first = api.get("/api/tasks?page_size=2").json()
+    second = api.get(first["next"]).json()
+    links = [first["next"], second["next"], second["previous"]]
+    cursors = [parse_qs(urlsplit(link).query)["cursor"][0] for link in links]
+    decoded = []
+    for cursor in cursors:
+        request = Request(APIRequestFactory().get("/api/tasks", {"cursor": cursor}))
+        ours = TaskCursorPagination().decode_cursor(request)
+        assert ours is not None
+        assert ours == CursorPagination().decode_cursor(request)
+        decoded.append(ours)
+    assert {cursor.position is None for cursor in decoded} == {True, False}  # both kinds met
 
 
 def test_list_filters_by_status_repeatable(api, user):
