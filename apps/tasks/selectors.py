@@ -34,6 +34,26 @@ class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UTCIsoDateTimeField
 
 
+class TrueFalseField(forms.Field):
+    """true or false, in any case; anything else is invalid. django-filter's BooleanFilter read
+    yes, 1, TRUE or on as no value, so as no filter at all, and 2 and 3 (its select widget's
+    values) as true and false. An empty value is no value, as for the other filters."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_python(self, value: Any) -> bool | None:
+        if value in self.empty_values:
+            return None
+        text = str(value).lower()
+        if text not in ("true", "false"):
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return text == "true"
+
+
+class TrueFalseFilter(django_filters.BooleanFilter):
+    field_class = TrueFalseField
+
+
 class TaskFilter(django_filters.FilterSet):
     # distinct=False: the filter joins nothing, so a row cannot appear twice, and django-filter's
     # default SELECT DISTINCT over every column made PostgreSQL sort all the matching rows before
@@ -43,7 +63,7 @@ class TaskFilter(django_filters.FilterSet):
     type = django_filters.CharFilter(field_name="type")
     created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    dead_lettered = django_filters.BooleanFilter(
+    dead_lettered = TrueFalseFilter(
         field_name="dead_lettered_at", lookup_expr="isnull", exclude=True
     )
 

@@ -673,6 +673,49 @@ def test_list_filters_by_dead_lettered(api):
     assert [t["id"] for t in no] == [alive]
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", "dead"), ("True", "dead"), ("TRUE", "dead"), ("False", "alive"), ("FALSE", "alive")],
+)
+def test_list_reads_dead_lettered_in_any_case(api, value, expected):
+    ids = {name: create(api, type="echo", payload={})["id"] for name in ("dead", "alive")}
+    Task.objects.filter(id=ids["dead"]).update(
+        status=S.FAILED, dead_lettered_at=timezone.now(), dead_letter_reason="rejected"
+    )
+    for query in (f"dead_lettered={value}", f"dead_lettered={value}&status=failed&status=queued"):
+        response = api.get(f"/api/tasks?{query}")
+        assert response.status_code == 200, response.content
+        assert [t["id"] for t in response.json()["results"]] == [ids[expected]], query
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["yes", "no", "1", "0", "on", "off", "maybe", "2", "3", "unknown", " true", "truefalse"],
+)
+def test_list_with_a_dead_lettered_other_than_true_or_false_is_400(api, value):
+    """Regression: django-filter's BooleanFilter read yes, 1 or on as no value, so the whole list
+    came back, and 2 and 3 as true and false."""
+    create(api, type="echo", payload={})
+    for query in (
+        {"dead_lettered": value},
+        {"dead_lettered": value, "status": ["failed", "queued"]},
+    ):
+        error = assert_error(
+            api.get("/api/tasks", query), 400, "validation_error", ("dead_lettered",)
+        )
+        assert error["fields"] == {"dead_lettered": ["Must be true or false."]}
+
+
+def test_list_with_an_empty_dead_lettered_is_not_filtered(api):
+    ids = [create(api, type="echo", payload={})["id"] for _ in range(2)]
+    Task.objects.filter(id=ids[0]).update(
+        status=S.FAILED, dead_lettered_at=timezone.now(), dead_letter_reason="rejected"
+    )
+    response = api.get("/api/tasks?dead_lettered=")
+    assert response.status_code == 200, response.content
+    assert [t["id"] for t in response.json()["results"]] == list(reversed(ids))
+
+
 def test_list_does_a_constant_number_of_queries(api, user, django_assert_max_num_queries):
     """No N+1: listing 50 tasks costs the same queries as listing 5 (auth + one page)."""
 
