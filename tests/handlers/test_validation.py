@@ -117,6 +117,9 @@ CASES = [
     ("fetch_url", {"url": "http://192.168.0.1/"}, "payload.url", "not a public"),
     ("fetch_url", {"url": "https://example.com", "method": "POST"}, "payload.method", "only reads"),
     ("fetch_url", {"url": "https://example.com", "method": 7}, "payload.method", "not allowed"),
+    # A list or an object was looked up in the choices: TypeError (unhashable), a 500.
+    ("fetch_url", {"url": "https://example.com", "method": ["GET"]}, "payload.method", "list"),
+    ("fetch_url", {"url": "https://example.com", "method": {"GET": 1}}, "payload.method", "object"),
     ("fetch_url", {"url": "https://example.com", "timeout": 0}, "payload.timeout", "positive"),
     ("fetch_url", {"url": "https://example.com", "timeout": 121}, "payload.timeout", "120"),
     ("fetch_url", {"url": "https://example.com", "headers": []}, "payload.headers", "dictionary"),
@@ -244,3 +247,32 @@ def test_changing_a_payload_checks_files_against_the_owner_too(api, ids):
     assert response.status_code == 400, response.content
     assert response.json()["error"]["fields"]["payload.path"] == ["No such file."]
     assert Task.objects.get(id=created["id"]).payload["path"] == ids[MINE]
+
+
+def test_a_fetch_url_method_of_a_list_is_a_400_in_a_bulk_create_and_a_change_too(api):
+    bulk = api.post(
+        "/api/tasks/bulk",
+        {"tasks": [{"type": "fetch_url", "payload": {"url": "https://e.com/", "method": []}}]},
+        format="json",
+    )
+    assert bulk.status_code == 400, bulk.content
+    assert "tasks[0].payload.method" in bulk.json()["error"]["fields"], bulk.json()
+    assert not Task.objects.exists()
+
+    created = api.post(
+        "/api/tasks",
+        {
+            "type": "fetch_url",
+            "payload": {"url": "https://example.com/"},
+            "run_at": "2099-01-01T00:00:00Z",
+        },
+        format="json",
+    ).json()
+    changed = api.patch(
+        f"/api/tasks/{created['id']}",
+        {"payload": {"url": "https://example.com/", "method": {"GET": 1}}},
+        format="json",
+    )
+    assert changed.status_code == 400, changed.content
+    assert "payload.method" in changed.json()["error"]["fields"]
+    assert Task.objects.get(id=created["id"]).payload["method"] == "GET"

@@ -59,14 +59,31 @@ _TEXT_TYPES = re.compile(
 
 class MethodField(serializers.ChoiceField):
     def to_internal_value(self, data: Any) -> str:
-        if isinstance(data, str):
-            data = data.upper()
+        if not isinstance(data, str):
+            # Checked before `in self.choices`: a list or an object is unhashable (a 500).
+            raise serializers.ValidationError(
+                f"A {_json_type(data)} is not allowed; use one of {', '.join(METHODS)} (a string).",
+                code="invalid_choice",
+            )
+        data = data.upper()
         if data not in self.choices:
             raise serializers.ValidationError(
                 f"{data!r} is not allowed; use one of {', '.join(METHODS)} (fetch_url only reads).",
                 code="invalid_choice",
             )
         return str(data)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "JSON object"
+    return type(value).__name__
 
 
 class FetchUrlPayload(serializers.Serializer):
