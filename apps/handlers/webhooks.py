@@ -16,13 +16,15 @@ import email.utils
 import functools
 import json
 import math
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import FormatChecker
-from jsonschema.exceptions import SchemaError
+from jsonschema import FormatChecker, validators
+from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.validators import validator_for
 from rest_framework import serializers
 
@@ -65,10 +67,37 @@ def check_json_schema(schema: Any) -> None:
     validator_for(schema).check_schema(schema)
 
 
+def _bounded_multiple_of(check: Callable[..., Iterator[ValidationError]]) -> Callable[..., Any]:
+    """jsonschema's multipleOf (draft 3: divisibleBy), where a number too large for the float
+    division a float divisor needs is an error on the field: jsonschema divides before its own
+    OverflowError guard, so 10**400 against `multipleOf: 0.5` raised OverflowError (a 500)."""
+
+    def multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Any:
+        try:
+            yield from check(validator, divisor, instance, schema)
+        except OverflowError:
+            yield ValidationError(
+                f"Too large a number to check against multipleOf {divisor} "
+                f"(the limit is about ±{sys.float_info.max:.1e})."
+            )
+
+    return multiple_of
+
+
+@functools.cache
+def _validator_class(cls: Any) -> Any:
+    keywords = {
+        keyword: _bounded_multiple_of(cls.VALIDATORS[keyword])
+        for keyword in ("multipleOf", "divisibleBy")
+        if keyword in cls.VALIDATORS
+    }
+    return validators.extend(cls, keywords) if keywords else cls
+
+
 def schema_errors(schema: dict[str, Any], payload: Any) -> dict[str, list[str]]:
     """{"field.path": [messages]} for what in `payload` breaks `schema`; "non_field_errors" for
     the payload as a whole. A missing required property is named itself."""
-    cls = validator_for(schema)
+    cls = _validator_class(validator_for(schema))
     validator = cls(schema, format_checker=FormatChecker())
     errors: dict[str, list[str]] = {}
 

@@ -242,6 +242,35 @@ def test_payloads_are_checked_against_the_types_json_schema(db, user, receiver, 
     assert listed["orders.created"]["queue"] == "io"
 
 
+@pytest.mark.parametrize(
+    ("schema", "too_large", "field", "within_range"),
+    [
+        ({"multipleOf": 0.5}, 10**400, "payload.qty", 10**300),
+        ({"multipleOf": 0.5}, -(10**400), "payload.qty", -(10**300)),
+        ({"items": {"multipleOf": 0.5}}, [1.5, 10**400], "payload.qty.1", [1.5, 10**300]),
+    ],
+    ids=["huge", "huge-negative", "in-a-list"],
+)
+def test_a_number_too_large_for_a_float_multipleof_is_a_400_on_the_field(
+    db, receiver, api, schema, too_large, field, within_range
+):
+    """jsonschema divides the instance by a float divisor before its own OverflowError guard:
+    10**400 / 0.5 raised OverflowError, a 500."""
+    hook(receiver, "/ok", payload_json_schema={"type": "object", "properties": {"qty": schema}})
+
+    def post(qty: Any) -> Any:
+        payload = {"qty": qty}
+        return api.post("/api/tasks", {"type": "orders.created", "payload": payload}, format="json")
+
+    response = post(too_large)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert "Too large a number to check against multipleOf 0.5" in str(error["fields"][field])
+    assert not Task.objects.exists()
+    assert post(within_range).status_code == 201
+
+
 def test_the_task_row_records_nothing_of_the_secret(db, user, receiver, api):
     hook(receiver, "/ok")
     task = create(user, "orders.created", {"x": 1})
