@@ -80,7 +80,10 @@ class HttpUrlField(serializers.CharField):
             raise serializers.ValidationError(
                 f"Not a valid http or https URL: {value!r}.", code="invalid_url"
             ) from exc
-        host = net.parse_url(value).host
+        try:
+            host = net.parse_url(value).host
+        except net.InvalidUrl as exc:  # e.g. a port past 65535, which URLValidator lets by
+            raise serializers.ValidationError(str(exc), code="invalid_url") from exc
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:

@@ -159,6 +159,12 @@ def parse_url(url: str | httpx.URL) -> httpx.URL:
         raise InvalidUrl(f"Only http and https URLs are allowed, not {parsed.scheme or 'none'}.")
     if not parsed.host:
         raise InvalidUrl(f"The URL {str(parsed)!r} has no host.")
+    # httpx keeps any number as the port, and getaddrinfo() takes it modulo 65536: a URL with
+    # port 99999 would be fetched from port 34463.
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise InvalidUrl(
+            f"The URL {str(parsed)!r} has port {parsed.port}, out of range: a port is 1 to 65535."
+        )
     return parsed
 
 

@@ -86,3 +86,12 @@ def test_a_redirect_to_a_private_address_fails_at_once(user, web):
     assert task.status == S.FAILED
     assert task.attempts == 1
     assert "not a public address" in task.error
+
+
+def test_a_redirect_to_a_port_past_65535_fails_at_once_and_is_not_followed(user, web):
+    # getaddrinfo() takes the port modulo 65536: this redirect reached the test server itself.
+    task = fetch(user, web.url(f"/redirect?to=http://127.0.0.1:{web.port + 65536}/bytes/5"), _r=3)
+    assert task.status == S.FAILED
+    assert task.attempts == 1
+    assert "out of range: a port is 1 to 65535" in task.error
+    assert web.hits["/bytes/5"] == 0

@@ -132,6 +132,26 @@ def test_other_schemes_are_refused():
             fetch(url)
 
 
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "-1"])
+def test_a_port_out_of_range_is_refused(port):
+    with pytest.raises(net.InvalidUrl, match=f"port {port}, out of range: a port is 1 to 65535"):
+        net.parse_url(f"http://example.com:{port}/")
+
+
+@pytest.mark.parametrize("port", [1, 8080, 65535])
+def test_a_port_in_range_is_kept(port):
+    assert net.parse_url(f"http://example.com:{port}/").port == port
+
+
+def test_a_port_past_65535_is_not_fetched_from_that_port_modulo_65536(web):
+    # getaddrinfo() wraps the port: 65536 + p reached the server on p.
+    with pytest.raises(net.InvalidUrl, match="out of range"):
+        fetch(f"http://127.0.0.1:{web.port + 65536}/bytes/10")
+    with pytest.raises(net.InvalidUrl, match=r"redirected to an unusable URL.*out of range"):
+        fetch(web.url(f"/redirect?to=http://127.0.0.1:{web.port + 65536}/bytes/10"))
+    assert web.hits["/bytes/10"] == 0
+
+
 def test_a_body_past_the_limit_stops(web):
     with (
         net.guarded_request("GET", web.url("/endless"), timeout=5) as guarded,

@@ -105,6 +105,9 @@ CASES = [
     ),
     ("download_files", {"urls": ["http://[::1]:8000/"]}, "payload.urls", "not a public"),
     ("download_files", {"urls": ["http://10.0.0.5/"]}, "payload.urls", "not a public"),
+    # URLValidator lets any 1-5 digits by as the port, and getaddrinfo() takes it modulo 65536.
+    ("download_files", {"urls": ["http://example.com:70000/a.bin"]}, "payload.urls", "1 to 65535"),
+    ("download_files", {"urls": ["http://[2001:db8::1]:65536/"]}, "payload.urls", "1 to 65535"),
     (
         "download_files",
         {"urls": ["https://example.com/a", "https://example.com/a"]},
@@ -115,6 +118,9 @@ CASES = [
     ("fetch_url", {}, "payload.url", "required"),
     ("fetch_url", {"url": "gopher://example.com"}, "payload.url", "http or https"),
     ("fetch_url", {"url": "http://192.168.0.1/"}, "payload.url", "not a public"),
+    ("fetch_url", {"url": "http://example.com:99999/"}, "payload.url", "port 99999, out of range"),
+    ("fetch_url", {"url": "http://example.com:65536/"}, "payload.url", "1 to 65535"),
+    ("fetch_url", {"url": "http://example.com:0/"}, "payload.url", "1 to 65535"),
     ("fetch_url", {"url": "https://example.com", "method": "POST"}, "payload.method", "only reads"),
     ("fetch_url", {"url": "https://example.com", "method": 7}, "payload.method", "not allowed"),
     # A list or an object was looked up in the choices: TypeError (unhashable), a 500.
@@ -195,6 +201,7 @@ VALID = [
     ("process_image", {"path": MINE, "gamma": 0.5, "contrast": -100, "grayscale": True}),
     ("process_image", {"path": "mine.png", "saturation": 100}),
     ("download_files", {"urls": ["https://example.com/a.zip", "http://example.org/b"]}),
+    ("download_files", {"urls": ["http://example.com:1/a", "https://example.com:65535/b"]}),
     ("fetch_url", {"url": "https://example.com/", "method": "head", "headers": {"X-A": "1"}}),
 ]
 
