@@ -147,6 +147,19 @@ CASES = [
         "payload.headers",
         "single line",
     ),
+    # Accepted, then the task failed with a bare UnicodeEncodeError (httpx sends ASCII).
+    (
+        "fetch_url",
+        {"url": "https://example.com", "headers": {"X-A": "caf\u00e9"}},
+        "payload.headers",
+        "'X-A': [\"Must be ASCII text: '\u00e9' cannot be sent in a header",
+    ),
+    (
+        "fetch_url",
+        {"url": "https://example.com", "headers": {"X-A": "ok", "X-B": "\U0001f600"}},
+        "payload.headers",
+        "'X-B': [\"Must be ASCII text: '\U0001f600'",
+    ),
     (
         "fetch_url",
         {"url": "https://example.com", "headers": {f"X-{n}": "v" for n in range(21)}},

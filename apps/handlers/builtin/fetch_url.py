@@ -115,6 +115,12 @@ class FetchUrlPayload(serializers.Serializer):
                 errors[name] = ["This header is set by TaskFlow and cannot be given."]
             elif not is_single_line(value):
                 errors[name] = ["Must be a single line (no line breaks or control characters)."]
+            elif not value.isascii():  # httpx sends header values as ASCII
+                other = next(char for char in value if not char.isascii())
+                errors[name] = [
+                    f"Must be ASCII text: {other!r} cannot be sent in a header "
+                    "(percent-encode it, for example)."
+                ]
         if errors:
             raise serializers.ValidationError(errors)
         return headers
