@@ -16,18 +16,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class NumberField(serializers.FloatField):
-    """A JSON number (not a boolean, not NaN or infinite); `positive=True` excludes 0."""
+    """A JSON number (not a boolean or a string, not NaN or infinite); `positive=True` excludes
+    0. Payloads are JSON, so a number comes as a number: DRF's FloatField takes `true` as 1.0
+    and strings through float(), so "1_0" became 10.0."""
 
     def __init__(self, *, positive: bool = False, **kwargs: Any) -> None:
         self.positive = positive
         super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> float:
-        if isinstance(data, bool) or not isinstance(data, int | float | str):
+        if isinstance(data, str):
+            raise serializers.ValidationError("Must be a number, not a string.", code="invalid")
+        if isinstance(data, bool) or not isinstance(data, int | float):
             raise serializers.ValidationError("Must be a number.", code="invalid")
-        value = super().to_internal_value(data)
-        if not math.isfinite(value):
+        # Here, for a message that says why (FloatField's is "A valid number is required.").
+        if isinstance(data, float) and not math.isfinite(data):
             raise serializers.ValidationError("Must be a finite number.", code="invalid")
+        value = super().to_internal_value(data)
         if self.positive and value <= 0:
             raise serializers.ValidationError(
                 "Must be positive (greater than 0).", code="not_positive"

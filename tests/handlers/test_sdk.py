@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError
 
 import taskflow.sdk
 from apps.accounts.models import User
@@ -205,6 +206,24 @@ def test_the_sdk_names_are_the_platforms_own():
     assert taskflow.sdk.TaskCancelled is errors.TaskCancelled
     for name in taskflow.sdk.__all__:
         assert hasattr(taskflow.sdk, name), name
+
+
+def test_the_sdks_number_field_takes_json_numbers_only():
+    """What plugin authors get from taskflow.sdk.NumberField: strings were taken through
+    float() before ("1_0" became 10.0); they are refused now, as booleans always were."""
+    field = taskflow.sdk.NumberField(positive=True, max_value=100)
+    assert [field.run_validation(v) for v in (1, 2.5, 100)] == [1.0, 2.5, 100.0]
+    for value, message in [
+        ("5", "Must be a number, not a string."),
+        ("1_0", "Must be a number, not a string."),
+        (True, "Must be a number."),
+        (float("nan"), "Must be a finite number."),
+        (10**400, "too large"),
+        (0, "Must be positive"),
+        (101, "less than or equal to 100"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            field.run_validation(value)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""Every validation rule of the file and network task types, through POST /api/tasks: a 400 that
-names the field and the rule, before anything is created or queued."""
+"""Every validation rule of the built-in task types, through POST /api/tasks: a 400 that names
+the field and the rule, before anything is created or queued."""
 
 from typing import Any
 
@@ -72,6 +72,7 @@ CASES = [
     ("process_image", {"path": MINE, "blur": 101}, "payload.blur", "100"),
     ("process_image", {"path": MINE, "blur": True}, "payload.blur", "number"),
     ("process_image", {"path": MINE, "blur": "much"}, "payload.blur", "number"),
+    ("process_image", {"path": MINE, "blur": "2"}, "payload.blur", "not a string"),
     ("process_image", {"path": MINE, "sharpen": 0}, "payload.sharpen", "positive"),
     ("process_image", {"path": MINE, "gamma": 0}, "payload.gamma", "positive"),
     ("process_image", {"path": MINE, "gamma": 11}, "payload.gamma", "10"),
@@ -128,6 +129,17 @@ CASES = [
     ("fetch_url", {"url": "https://example.com", "method": {"GET": 1}}, "payload.method", "object"),
     ("fetch_url", {"url": "https://example.com", "timeout": 0}, "payload.timeout", "positive"),
     ("fetch_url", {"url": "https://example.com", "timeout": 121}, "payload.timeout", "120"),
+    # Strings went through float(): "1_0" was 10 seconds.
+    ("fetch_url", {"url": "https://example.com", "timeout": "1_0"}, "payload.timeout", "string"),
+    ("fetch_url", {"url": "https://example.com", "timeout": " 5 "}, "payload.timeout", "string"),
+    ("fetch_url", {"url": "https://example.com", "timeout": "5"}, "payload.timeout", "string"),
+    ("fetch_url", {"url": "https://example.com", "timeout": 10**400}, "payload.timeout", "large"),
+    # long_computation
+    ("long_computation", {}, "payload.duration", "required"),
+    ("long_computation", {"duration": True}, "payload.duration", "Must be a number."),  # was 1 s
+    ("long_computation", {"duration": "5"}, "payload.duration", "not a string"),
+    ("long_computation", {"duration": -1}, "payload.duration", "greater than or equal to 0"),
+    ("long_computation", {"duration": 601}, "payload.duration", "less than or equal to 600"),
     ("fetch_url", {"url": "https://example.com", "headers": []}, "payload.headers", "dictionary"),
     (
         "fetch_url",
@@ -233,6 +245,39 @@ def test_valid_payloads_are_accepted_and_normalised(api, ids, type, payload):
         assert stored["path"] == ids[MINE]
     if type == "fetch_url":
         assert (stored["method"], stored["timeout"]) == ("HEAD", 10)
+
+
+NUMBERS = [
+    ("process_image", "blur", {"path": MINE}, (2, 2.5)),
+    ("process_image", "sharpen", {"path": MINE}, (1, 0.5)),
+    ("process_image", "gamma", {"path": MINE}, (2, 0.5)),
+    ("process_image", "contrast", {"path": MINE}, (-100, 12.5)),
+    ("process_image", "brightness", {"path": MINE}, (100, -0.5)),
+    ("process_image", "saturation", {"path": MINE}, (50, 99.9)),
+    ("fetch_url", "timeout", {"url": "https://example.com/"}, (5, 0.25)),
+    ("long_computation", "duration", {}, (3, 0.5)),
+]
+
+
+@pytest.mark.parametrize(
+    ("type", "field", "rest", "numbers"), NUMBERS, ids=[f"{n[0]}-{n[1]}" for n in NUMBERS]
+)
+def test_every_builtin_number_takes_json_numbers_only(api, ids, type, field, rest, numbers):
+    """Payloads are JSON: true is not 1, and "5" or "1_0" are not numbers (docs/task-types.md)."""
+
+    def post(value: Any) -> Any:
+        payload = fill({**rest, field: value}, ids)
+        return api.post("/api/tasks", {"type": type, "payload": payload}, format="json")
+
+    for value in (True, False, "5", " 5 ", "1_0", "NaN", None, [1], {"n": 1}):
+        response = post(value)
+        assert response.status_code == 400, (value, response.content)
+        assert f"payload.{field}" in response.json()["error"]["fields"], value
+    assert not Task.objects.exists()
+    for value in numbers:
+        response = post(value)
+        assert response.status_code == 201, (value, response.content)
+        assert response.json()["payload"][field] == value
 
 
 def test_the_task_types_list_shows_the_new_types_and_their_queues(api):

@@ -5,13 +5,13 @@ from typing import Any
 
 from rest_framework import serializers
 
-from taskflow.sdk import TaskCancelled, TaskContext, TaskQueue, handler
+from taskflow.sdk import NumberField, TaskCancelled, TaskContext, TaskQueue, handler
 
 MAX_DURATION_SECONDS = 600
 
 
 class LongComputationPayload(serializers.Serializer):
-    duration = serializers.FloatField(
+    duration = NumberField(
         min_value=0,
         max_value=MAX_DURATION_SECONDS,
         help_text=f"Seconds of work, 0..{MAX_DURATION_SECONDS}.",
