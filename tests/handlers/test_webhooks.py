@@ -118,6 +118,24 @@ def test_retry_after_as_an_http_date():
     assert retry_after_seconds("soon") is None
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "\uff15", "1\u00b2", "-5", "1.5"])
+def test_a_retry_after_that_is_not_ascii_digits_is_ignored(value):
+    # "²".isdigit() is True, and float("²") raised ValueError: the attempt failed with a bug.
+    assert retry_after_seconds(value) is None
+    assert retry_after_seconds(" 120 ") == 120
+
+
+def test_a_503_with_an_unreadable_retry_after_retries_with_the_types_backoff(db, user, receiver):
+    hook(receiver, "/status/503?retry_after=%C2%B2", name="busy.503", backoff_base_seconds=1)
+    before = timezone.now()
+    task = create(user, "busy.503", {})
+
+    assert deliver(task).status == S.RETRYING
+    assert "503" in task.error
+    assert task.run_at is not None
+    assert task.run_at < before + timedelta(seconds=5)  # the backoff, not a Retry-After
+
+
 def test_a_timeout_is_retried(db, user, receiver):
     hook(receiver, "/slow", timeout_seconds=0.5)
     task = create(user, "orders.created", {}, max_retries=1)
