@@ -3,11 +3,13 @@
 Valid JSON that still broke requests with a 500:
 - "\\u0000" in a string or a key: PostgreSQL's jsonb (and text) cannot hold NUL;
 - a lone surrogate ("\\ud800"): not encodable as UTF-8, so the database driver fails on it;
-- thousands of nested arrays: json.loads runs out of stack (RecursionError).
+- thousands of nested arrays: json.loads runs out of stack (RecursionError);
+- a number too large for a float (1e999): json.loads makes it Infinity, which jsonb refuses.
 These are 400s now, naming where in the document the problem is.
 """
 
 import codecs
+import math
 import re
 from typing import Any
 
@@ -31,6 +33,13 @@ def json_problem(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH)
             found = _UNSTORABLE.search(item)
             if found:
                 return f"{path or 'the body'}: {_describe(found.group())} is not allowed in text."
+        elif isinstance(item, float) and not math.isfinite(item):
+            # From a JSON body only by an overflow (1e999): the parser refuses the NaN and
+            # Infinity literals. Other callers may pass any float.
+            if math.isnan(item):
+                return f"{path or 'the body'}: NaN is not allowed."
+            sign = "-" if item < 0 else ""
+            return f"{path or 'the body'}: a number out of range (it overflows to {sign}Infinity)."
         elif isinstance(item, dict | list):
             if depth >= max_depth:
                 return f"{path or 'the body'}: nested more than {max_depth} levels deep."

@@ -341,8 +341,9 @@ def _plain_input(
     A type that is a clean string, an optional payload (or `params`) other than null, an
     optional integer max_retries, no run_at: the serializer would return these values as they
     are (a JSON body reached here through apps.core.parsers.JSONParser, which refused what
-    JSONValueField refuses: unstorable text, nesting, NaN). Its ~20 us per item were a tenth of
-    a bulk request, and DRF's field copies for each new serializer 8% of a single create.
+    JSONValueField refuses: unstorable text, nesting, NaN, numbers that overflow to Infinity).
+    Its ~20 us per item were a tenth of a bulk request, and DRF's field copies for each new
+    serializer 8% of a single create.
     """
     if type(data) is not dict or not data.keys() <= fields:
         return None

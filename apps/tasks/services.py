@@ -69,7 +69,8 @@ def _check_run_at(run_at: datetime | None) -> None:
 
 
 def _check_payload_storable(payload: Any) -> None:
-    """No NUL, lone surrogate or deep nesting (the API refuses them already; other callers too)."""
+    """No NUL, lone surrogate, NaN or Infinity, or deep nesting (the API refuses them already;
+    other callers too)."""
     problem = json_problem(payload, root="payload")
     if problem is not None:
         field = problem.split(":", 1)[0]
@@ -78,9 +79,22 @@ def _check_payload_storable(payload: Any) -> None:
         )
 
 
+def _payload_json(payload: Any) -> str:
+    """The payload as JSON text; a 400 if it is not JSON that jsonb takes (allow_nan=False:
+    NaN and Infinity were a DataError, a 500, at the INSERT)."""
+    try:
+        return json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ApplicationError(
+            "Invalid input: payload: not JSON.",
+            code="validation_error",
+            fields={"payload": ["Value must be valid JSON."]},
+        ) from None
+
+
 def _check_payload_size(payload: Any) -> None:
     limit = settings.TASKFLOW["MAX_PAYLOAD_BYTES"]
-    if len(json.dumps(payload)) > limit:
+    if len(_payload_json(payload)) > limit:
         raise ApplicationError(
             f"The payload is larger than {limit} bytes.",
             code="payload_too_large",
@@ -390,14 +404,7 @@ def _bulk_row(
     if isinstance(kind, ApplicationError):
         raise kind
     _check_payload_storable(payload)
-    try:
-        text = json.dumps(payload, allow_nan=False)  # the size check's, reused for the row
-    except (TypeError, ValueError):
-        raise ApplicationError(
-            "Invalid input: payload: not JSON.",
-            code="validation_error",
-            fields={"payload": ["Value must be valid JSON."]},
-        ) from None
+    text = _payload_json(payload)  # the size check's, reused for the row
     limit = settings.TASKFLOW["MAX_PAYLOAD_BYTES"]
     if len(text) > limit:
         _check_payload_size(payload)  # raises the single create's 413

@@ -151,12 +151,13 @@ def test_too_many_files_in_one_upload_is_400_not_500(quiet_client, settings):
         ('{"type": "echo", "payload": {"a": ' + NESTED + "}}", "nested"),
         ('{"type": "echo", "payload": ' + "[" * 150 + "]" * 150 + "}", "nested"),
         ('{"type": "echo\\u0000", "payload": {}}', "type"),
+        ('{"type": "echo", "payload": {"a": {"b": 1e999}}}', "payload.a.b"),
     ],
-    ids=["nul-value", "nul-key", "lone-surrogate", "deep-5000", "deep-150", "nul-type"],
+    ids=["nul-value", "nul-key", "lone-surrogate", "deep-5000", "deep-150", "nul-type", "inf"],
 )
 def test_unstorable_json_is_400_naming_where(quiet_client, body, where):
-    """Regression: each of these was a 500 (PostgreSQL refused the NUL and the surrogate; the
-    JSON parser ran out of stack on the nesting)."""
+    """Regression: each of these was a 500 (PostgreSQL refused the NUL, the surrogate and the
+    Infinity that 1e999 becomes; the JSON parser ran out of stack on the nesting)."""
     response = post_raw(quiet_client, "/api/tasks", body)
     error = assert_error(response, 400, "malformed_request")
     assert where in error["message"], error
@@ -178,16 +179,30 @@ def test_unstorable_json_is_400_in_bulk_and_change_too(quiet_client, user):
     assert Task.objects.get(id=task.id).payload == {}
 
 
+def test_a_number_that_overflows_is_400_in_bulk_and_change_too(quiet_client, user):
+    response = post_raw(
+        quiet_client, "/api/tasks/bulk", '{"tasks": [{"type": "echo", "payload": {"a": 1e999}}]}'
+    )
+    assert "tasks[0].payload.a" in assert_error(response, 400, "malformed_request")["message"]
+    task = create_task(user)
+    response = post_raw(
+        quiet_client, f"/api/tasks/{task.id}", '{"payload": {"a": -1e999}}', method="patch"
+    )
+    assert "payload.a" in assert_error(response, 400, "malformed_request")["message"]
+    assert Task.objects.get(id=task.id).payload == {}
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
         ('{"a": "x\\u0000"}', "NUL"),
         ('{"a": NaN}', "valid JSON"),
         ('{"a": Infinity}', "valid JSON"),
+        ('{"a": 1e999}', "out of range"),
         (NESTED, "levels deep"),
         ("{not json", "valid JSON"),
     ],
-    ids=["nul", "nan", "infinity", "deep", "not-json"],
+    ids=["nul", "nan", "infinity", "overflow", "deep", "not-json"],
 )
 def test_a_payload_sent_as_a_form_field_is_checked_the_same(quiet_client, payload, message):
     """Regression: DRF's JSONField parses a form field leniently (NaN, Infinity) and without a
@@ -206,3 +221,25 @@ def test_the_service_refuses_an_unstorable_payload_from_any_caller(user):
     assert raised.value.fields == {"payload.note": [raised.value.fields["payload.note"][0]]}
     assert raised.value.status_code == 400
     assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("-inf"), float("nan")])
+def test_the_service_refuses_nan_and_infinity_from_any_caller(user, number):
+    """jsonb refuses them: a caller that bypasses the JSON parser got a DataError (a 500)."""
+    with pytest.raises(ApplicationError) as raised:
+        services.task_create(owner=user, type="echo", payload={"x": [number]})
+    assert set(raised.value.fields) == {"payload.x[0]"}
+    assert raised.value.status_code == 400
+    task = create_task(user)
+    with pytest.raises(ApplicationError):
+        services.task_update(task=task, actor=user, payload={"x": number})
+    assert not Task.objects.exclude(id=task.id).exists()
+
+
+@pytest.mark.parametrize("number", [float("inf"), float("nan")])
+def test_the_payload_size_check_refuses_what_is_not_json(number):
+    """The size check measured json.dumps' "Infinity" and let it through to the INSERT."""
+    with pytest.raises(ApplicationError) as raised:
+        services._check_payload_size({"x": number})
+    assert raised.value.status_code == 400
+    assert raised.value.fields == {"payload": ["Value must be valid JSON."]}

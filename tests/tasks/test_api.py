@@ -227,6 +227,26 @@ def test_create_with_malformed_json_is_400(api):
     assert error["message"].startswith("Malformed request body")
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ('{"type": "echo", "payload": {"x": 1e999}}', "payload.x"),
+        ('{"type": "echo", "payload": {"x": -1e999}}', "payload.x"),
+        ('{"type": "echo", "params": {"x": [1, 1e999]}}', "params.x[1]"),
+    ],
+    ids=["payload", "negative", "params"],
+)
+@pytest.mark.parametrize("key", [None, "k-1"], ids=["no-key", "idempotency-key"])
+def test_create_with_a_number_that_overflows_to_infinity_is_400(api, body, where, key):
+    """Regression: json.loads makes 1e999 Infinity, which jsonb refuses: a 500 (DataError)."""
+    api.raise_request_exception = False
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    response = api.post("/api/tasks", body, content_type="application/json", **headers)
+    error = assert_error(response, 400, "malformed_request")
+    assert where in error["message"], error
+    assert not Task.objects.exists()
+
+
 @pytest.mark.parametrize("body", ["[]", '"echo"', "3", "null"])
 def test_create_with_a_json_body_that_is_no_object_is_400(api, body):
     response = api.post("/api/tasks", body, content_type="application/json")
