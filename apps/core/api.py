@@ -5,7 +5,7 @@ from typing import Any, NoReturn
 
 from rest_framework import serializers
 
-from apps.core.parsers import MAX_JSON_DEPTH, json_problem
+from apps.core.parsers import MAX_JSON_DEPTH, DuplicateKeyError, json_problem, unique_keys
 
 
 class StrictInputSerializer(serializers.Serializer):
@@ -36,7 +36,8 @@ class JSONValueField(serializers.JSONField):
 
     DRF's JSONField parses a form field with json.loads as it is: NaN and Infinity (which jsonb
     refuses), NUL and lone surrogates, and nesting deep enough to exhaust the stack all got
-    through to a 500. (A JSON body is checked by apps.core.parsers.JSONParser already.)
+    through to a 500, and of a key given twice the last value was kept. (A JSON body is checked
+    by apps.core.parsers.JSONParser already.)
     """
 
     default_error_messages = {
@@ -47,9 +48,13 @@ class JSONValueField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         if getattr(data, "is_json_string", False):
             try:
-                data = json.loads(str(data), parse_constant=_refuse_constant)
+                data = json.loads(
+                    str(data), parse_constant=_refuse_constant, object_pairs_hook=unique_keys
+                )
             except RecursionError:
                 self.fail("too_deep")
+            except DuplicateKeyError as exc:
+                raise serializers.ValidationError(str(exc), code="invalid") from None
             except ValueError:
                 self.fail("invalid")
         problem = json_problem(data)

@@ -6,6 +6,10 @@ Valid JSON that still broke requests with a 500:
 - thousands of nested arrays: json.loads runs out of stack (RecursionError);
 - a number too large for a float (1e999): json.loads makes it Infinity, which jsonb refuses.
 These are 400s now, naming where in the document the problem is.
+
+And valid JSON that was silently changed: a key given twice in one object, of which json.loads
+keeps the last value ({"payload": {"duration": 5}, "payload": {"duration": 600}} ran 600 s).
+A 400 too, naming the key.
 """
 
 import codecs
@@ -19,6 +23,8 @@ from rest_framework.utils import json
 
 MAX_JSON_DEPTH = 100
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# How much of a duplicated key an error message quotes.
+_KEY_QUOTE_CHARS = 100
 
 
 def json_problem(value: Any, *, root: str = "", max_depth: int = MAX_JSON_DEPTH) -> str | None:
@@ -57,6 +63,27 @@ def _describe(text: str) -> str:
     return "a NUL character (\\u0000)" if "\x00" in text else "a lone UTF-16 surrogate"
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names a key twice (json.load would keep the last value, silently)."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.load's object_pairs_hook: the object json.load would make, if no key repeats.
+
+    On the hot path of every JSON request, so cheap: a dict from the pairs (as json.load's own)
+    and a length comparison; the duplicate is looked for only when the lengths differ.
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                shown = key if len(key) <= _KEY_QUOTE_CHARS else key[:_KEY_QUOTE_CHARS] + "..."
+                raise DuplicateKeyError(f"duplicate key {shown!r}: give each key once.")
+            seen.add(key)
+    return obj
+
+
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, with the unstorable refused as a 400 (malformed_request)."""
 
@@ -65,7 +92,11 @@ class JSONParser(parsers.JSONParser):
         try:
             decoded = codecs.getreader(encoding)(stream)
             parse_constant = json.strict_constant if self.strict else None
-            data = json.load(decoded, parse_constant=parse_constant)  # type: ignore[arg-type]
+            data = json.load(
+                decoded,  # type: ignore[arg-type]
+                parse_constant=parse_constant,
+                object_pairs_hook=unique_keys,
+            )
         except RecursionError as exc:
             raise ParseError(
                 f"JSON parse error - nested more than {MAX_JSON_DEPTH} levels deep."

@@ -199,14 +199,15 @@ def test_a_number_that_overflows_is_400_in_bulk_and_change_too(quiet_client, use
         ('{"a": NaN}', "valid JSON"),
         ('{"a": Infinity}', "valid JSON"),
         ('{"a": 1e999}', "out of range"),
+        ('{"a": 1, "a": 2}', "duplicate key 'a'"),
         (NESTED, "levels deep"),
         ("{not json", "valid JSON"),
     ],
-    ids=["nul", "nan", "infinity", "overflow", "deep", "not-json"],
+    ids=["nul", "nan", "infinity", "overflow", "duplicate-key", "deep", "not-json"],
 )
 def test_a_payload_sent_as_a_form_field_is_checked_the_same(quiet_client, payload, message):
     """Regression: DRF's JSONField parses a form field leniently (NaN, Infinity) and without a
-    depth limit; each of these was a 500."""
+    depth limit; each of these was a 500 (but the duplicate key: its last value was kept)."""
     response = quiet_client.post(
         "/api/tasks", {"type": "echo", "payload": payload}, format="multipart"
     )

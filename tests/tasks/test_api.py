@@ -247,6 +247,38 @@ def test_create_with_a_number_that_overflows_to_infinity_is_400(api, body, where
     assert not Task.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        (
+            '{"type": "long_computation", "payload": {"duration": 5}, '
+            '"payload": {"duration": 600}}',
+            "payload",
+        ),
+        ('{"type": "echo", "payload": {"a": {"b": 1, "c": 2, "b": 1}}}', "b"),
+        ('{"type": "echo", "type": "echo"}', "type"),
+    ],
+    ids=["payload", "nested-same-value", "type"],
+)
+def test_create_with_a_key_given_twice_is_400_not_the_last_value(api, body, key):
+    """Regression: json.loads kept the last value: the task ran 600 s, not the 5 s also sent."""
+    response = api.post("/api/tasks", body, content_type="application/json")
+    error = assert_error(response, 400, "malformed_request")
+    assert f"duplicate key '{key}'" in error["message"], error
+    assert not Task.objects.exists()
+
+
+def test_bulk_and_patch_with_a_key_given_twice_are_400(api, user):
+    body = '{"tasks": [{"type": "echo", "payload": {"a": 1, "a": 2}}]}'
+    response = api.post("/api/tasks/bulk", body, content_type="application/json")
+    assert "duplicate key 'a'" in assert_error(response, 400, "malformed_request")["message"]
+    task_id = create(api, type="echo", payload={"a": 0})["id"]
+    body = '{"payload": {"a": 1}, "payload": {"a": 2}}'
+    response = api.patch(f"/api/tasks/{task_id}", body, content_type="application/json")
+    assert "duplicate key 'payload'" in assert_error(response, 400, "malformed_request")["message"]
+    assert Task.objects.get().payload == {"a": 0}
+
+
 @pytest.mark.parametrize("body", ["[]", '"echo"', "3", "null"])
 def test_create_with_a_json_body_that_is_no_object_is_400(api, body):
     response = api.post("/api/tasks", body, content_type="application/json")
