@@ -167,10 +167,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.core.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        # DRF's, refusing what the database cannot store (NUL, lone surrogates) and deep nesting.
+        # DRF's, refusing what the database cannot store (NUL, lone surrogates, Infinity), deep
+        # nesting and duplicate keys; and form bodies that are not text in their charset.
         "apps.core.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "apps.core.parsers.FormParser",
+        "apps.core.parsers.MultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Rates per scope, counted in Redis (apps.core.throttling); "" turns a limit off.

@@ -7,16 +7,23 @@ Valid JSON that still broke requests with a 500:
 - a number too large for a float (1e999): json.loads makes it Infinity, which jsonb refuses.
 These are 400s now, naming where in the document the problem is.
 
-And valid JSON that was silently changed: a key given twice in one object, of which json.loads
-keeps the last value ({"payload": {"duration": 5}, "payload": {"duration": 600}} ran 600 s).
-A 400 too, naming the key.
+And input that was silently changed:
+- a key given twice in one JSON object, of which json.loads keeps the last value
+  ({"payload": {"duration": 5}, "payload": {"duration": 600}} ran 600 s);
+- a form body (urlencoded or multipart) with bytes that are not text in its charset: Django
+  reads them as U+FFFD (or a whole urlencoded body as Latin-1).
+400s too (malformed_request).
 """
 
 import codecs
 import math
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
+from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
+from django.http import QueryDict
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 from rest_framework.utils import json
@@ -107,3 +114,69 @@ class JSONParser(parsers.JSONParser):
         if problem is not None:
             raise ParseError(f"JSON parse error - {problem}")
         return data
+
+
+class FormParser(parsers.FormParser):
+    """DRF's form parser, refusing a body that is not text in its charset (malformed_request).
+
+    Django's QueryDict reads such a body as Latin-1, and a percent-escape that is not text
+    (%FF) as U+FFFD: the request went on with other values than were sent.
+    """
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        encoding = parsers.get_encoding(parser_context or {})  # type: ignore[attr-defined]
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        try:
+            pairs = parse_qsl(
+                stream.read().decode(encoding),
+                keep_blank_values=True,
+                encoding=encoding,
+                errors="strict",
+                max_num_fields=limit,
+            )
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"Form parse error - the body is not valid {encoding} text.") from exc
+        except ValueError as exc:  # parse_qsl's other one: more than max_num_fields fields
+            raise TooManyFieldsSent(f"More than {limit} fields.") from exc
+        data = QueryDict(mutable=True, encoding=encoding)
+        for key, value in pairs:
+            data.appendlist(key, value)
+        data._mutable = False  # as QueryDict(body) makes it (Django's multipart parser does this)
+        return data
+
+
+# Django's multipart parser decodes each field's value with errors="replace", and offers no other
+# way to refuse bytes that are not text: it is given the name of a codec that decodes as the
+# request's charset does, but strictly whatever `errors` it is asked for. The UnicodeDecodeError
+# ends the parse (Django closes the files received so far).
+_STRICT_CODEC_PREFIX = "taskflow_strict_"
+
+
+def _strict_codec(name: str) -> codecs.CodecInfo | None:
+    if not name.startswith(_STRICT_CODEC_PREFIX):
+        return None
+    charset = codecs.lookup(name.removeprefix(_STRICT_CODEC_PREFIX))
+
+    def decode(data: Any, errors: str = "strict", /) -> tuple[str, int]:
+        return charset.decode(data, "strict")
+
+    return codecs.CodecInfo(charset.encode, decode, name=name)
+
+
+codecs.register(_strict_codec)
+
+
+class MultiPartParser(parsers.MultiPartParser):
+    """DRF's multipart parser, refusing a field whose value is not text in the body's charset
+    (malformed_request)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        context = dict(parser_context or {})
+        encoding = parsers.get_encoding(context)  # type: ignore[attr-defined]
+        context["encoding"] = _STRICT_CODEC_PREFIX + encoding
+        try:
+            return super().parse(stream, media_type, context)
+        except UnicodeDecodeError as exc:
+            raise ParseError(
+                f"Multipart form parse error - a field's value is not valid {encoding} text."
+            ) from exc

@@ -9,12 +9,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import StrictInputSerializer
+from apps.core.parsers import FormParser, MultiPartParser
 from apps.files import selectors, services
 from apps.files.models import UserFile
 from apps.tasks.api import TaskCursorPagination

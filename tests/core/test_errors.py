@@ -131,6 +131,70 @@ def test_a_method_not_allowed_is_405_in_the_error_shape(api):
     assert_error_shape(api.put("/api/tasks", {}, format="json"), 405, "method_not_allowed")
 
 
+FORM = "application/x-www-form-urlencoded"
+BOUNDARY = "b0undary"
+
+
+def multipart(*parts: tuple[str, bytes]) -> bytes:
+    """A multipart/form-data body of these fields, their values as raw bytes."""
+    body = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value
+        + b"\r\n"
+        for name, value in parts
+    )
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"type=echo&payload=%7B%22a%22%3A%22%FF%22%7D", FORM),
+        (b'type=echo&payload={"a":"\xff"}', FORM),
+        (b"type=ech%C3&payload=%7B%7D", FORM),
+        (
+            multipart(("type", b"echo"), ("payload", b'{"a": "\xff"}')),
+            f"multipart/form-data; boundary={BOUNDARY}",
+        ),
+    ],
+    ids=["percent-escaped-0xff", "raw-0xff", "cut-sequence", "multipart-raw-0xff"],
+)
+def test_a_form_body_that_is_not_utf8_is_400_not_replaced(api, body, content_type):
+    """Regression: a JSON body with such bytes was a 400 already; in a form body they were
+    stored as U+FFFD (percent-escaped, multipart) or the whole body read as Latin-1 (raw)."""
+    from apps.tasks.models import Task
+
+    response = api.post("/api/tasks", body, content_type=content_type)
+    error = assert_error_shape(response, 400, "malformed_request")
+    assert "not valid utf-8" in error["message"], error
+    assert not Task.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"type=echo&payload=%7B%22a%22%3A%22%C3%A9%E2%82%AC%22%7D", FORM),
+        ('type=echo&payload={"a":"é€"}'.encode(), FORM),
+        (
+            multipart(("type", b"echo"), ("payload", '{"a": "é€"}'.encode())),
+            f"multipart/form-data; boundary={BOUNDARY}",
+        ),
+    ],
+    ids=["percent-escaped", "raw", "multipart"],
+)
+def test_a_form_body_in_utf8_keeps_its_text(api, body, content_type):
+    response = api.post("/api/tasks", body, content_type=content_type)
+    assert response.status_code == 201, response.content
+    assert response.json()["payload"] == {"a": "é€"}
+
+
+def test_a_form_body_in_its_declared_charset_is_read_in_it(api):
+    body = 'type=echo&payload={"a":"\xe9"}'.encode("latin-1")
+    response = api.post("/api/tasks", body, content_type=f"{FORM}; charset=latin-1")
+    assert response.status_code == 201, response.content
+    assert response.json()["payload"] == {"a": "é"}
+
+
 @pytest.mark.django_db
 def test_a_disallowed_host_is_a_json_400():
     response = APIClient().get("/health", HTTP_HOST="evil.example.com")

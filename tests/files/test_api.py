@@ -94,6 +94,33 @@ def test_upload_with_an_unknown_field_names_it(api):
     assert_error(response, 400, "validation_error", "owner")
 
 
+def test_an_upload_whose_name_field_is_not_utf8_is_400_and_stores_nothing(api, media_root):
+    """Regression: the name was stored with U+FFFD in place of the bytes sent."""
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="name"\r\n\r\n'.encode()
+        + b"r\xe9sum\xe9.txt\r\n"
+        + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + b"\xff\xfe binary is fine\r\n"
+        + f"--{boundary}--\r\n".encode()
+    )
+    response = api.post(
+        "/api/files", body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    error = assert_error(response, 400, "malformed_request")
+    assert "not valid utf-8" in error["message"]
+    assert UserFile.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+def test_an_upload_of_bytes_that_are_no_text_is_accepted(api):
+    response = upload(api, "r\u00e9sum\u00e9.bin", b"\xff\xfe\x00\xc3", name="r\u00e9sum\u00e9.bin")
+    assert response.status_code == 201, response.content
+    assert response.json()["name"] == "r\u00e9sum\u00e9.bin"
+    assert response.json()["size"] == 4
+
+
 def test_upload_over_the_limit_is_a_413_and_stores_nothing(api, settings, media_root):
     settings.FILE_UPLOAD_MAX_BYTES = 1000
     response = upload(api, "big.bin", b"x" * 5000)
