@@ -7,24 +7,45 @@ from rest_framework import serializers
 
 from apps.core.parsers import MAX_JSON_DEPTH, DuplicateKeyError, json_problem, unique_keys
 
+# Fields that take a form field's repeated values as their list.
+_MANY_VALUED = (
+    serializers.ListField,
+    serializers.ListSerializer,
+    serializers.ManyRelatedField,
+    serializers.MultipleChoiceField,
+)
+
 
 class StrictInputSerializer(serializers.Serializer):
-    """An input serializer that names unknown fields instead of silently ignoring them."""
+    """An input serializer that names unknown fields instead of silently ignoring them, and (in
+    form input) fields sent more than once, of which DRF would keep the last value."""
 
     def to_internal_value(self, data: Any) -> Any:
         if not isinstance(data, dict):
             raise serializers.ValidationError(
                 {"non_field_errors": ["Expected a JSON object."]}, code="invalid"
             )
-        unknown = sorted(set(data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {
-                    name: [f"Unknown field. Known fields: {', '.join(self.fields)}."]
-                    for name in unknown
-                }
-            )
+        errors = {
+            name: [f"Unknown field. Known fields: {', '.join(self.fields)}."]
+            for name in sorted(set(data) - set(self.fields))
+        }
+        if hasattr(data, "getlist"):  # a QueryDict: form or multipart input
+            errors |= self._repeated(data)
+        if errors:
+            raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
+
+    def _repeated(self, data: Any) -> dict[str, list[str]]:
+        errors: dict[str, list[str]] = {}
+        for name, field in self.fields.items():
+            count = len(data.getlist(name))
+            if count > 1 and not isinstance(field, _MANY_VALUED):
+                errors[name] = [
+                    f"Sent {count} files: send one file per request."
+                    if isinstance(field, serializers.FileField)
+                    else f"Sent {count} times: send one value."
+                ]
+        return errors
 
 
 def _refuse_constant(name: str) -> NoReturn:

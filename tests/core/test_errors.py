@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management import call_command
 from django.db import InterfaceError, OperationalError
-from django.http import Http404
+from django.http import Http404, QueryDict
 from django.test import RequestFactory
 from django.urls import path
 from drf_spectacular.drainage import GENERATOR_STATS
@@ -322,6 +322,23 @@ def test_strict_input_wants_an_object(data):
     serializer = Sample(data=data)
     assert not serializer.is_valid()
     assert "non_field_errors" in serializer.errors
+
+
+def test_strict_input_names_a_form_field_sent_twice():
+    """Regression: DRF reads a QueryDict's last value: "x" was dropped without a word."""
+    serializer = Sample(data=QueryDict("name=x&name=y&name=z"))
+    assert not serializer.is_valid()
+    assert serializer.errors == {"name": ["Sent 3 times: send one value."]}
+
+
+def test_strict_input_takes_a_form_fields_values_as_a_list_where_it_is_one():
+    class Tags(StrictInputSerializer):
+        name = serializers.CharField()
+        tags = serializers.ListField(child=serializers.CharField())
+
+    serializer = Tags(data=QueryDict("name=x&tags=a&tags=b"))
+    assert serializer.is_valid(), serializer.errors
+    assert serializer.validated_data == {"name": "x", "tags": ["a", "b"]}
 
 
 def test_strict_input_accepts_known_fields():

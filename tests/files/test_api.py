@@ -121,6 +121,27 @@ def test_an_upload_of_bytes_that_are_no_text_is_accepted(api):
     assert response.json()["size"] == 4
 
 
+def test_an_upload_with_two_file_parts_is_400_not_the_last_one_kept(api, media_root):
+    """Regression: request.data["file"] was the last part: a.txt was dropped without a word
+    and the answer a 201 for b.txt only."""
+    response = api.post(
+        "/api/files",
+        {"file": [SimpleUploadedFile("a.txt", b"A"), SimpleUploadedFile("b.txt", b"B")]},
+        format="multipart",
+    )
+    error = assert_error(response, 400, "validation_error", "file")
+    assert error["fields"]["file"] == ["Sent 2 files: send one file per request."]
+    assert UserFile.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+def test_an_upload_with_two_names_is_400_not_the_last_one_kept(api):
+    response = upload(api, "a.txt", b"A", name=["first.txt", "second.txt"])
+    error = assert_error(response, 400, "validation_error", "name")
+    assert error["fields"]["name"] == ["Sent 2 times: send one value."]
+    assert UserFile.objects.count() == 0
+
+
 def test_upload_over_the_limit_is_a_413_and_stores_nothing(api, settings, media_root):
     settings.FILE_UPLOAD_MAX_BYTES = 1000
     response = upload(api, "big.bin", b"x" * 5000)

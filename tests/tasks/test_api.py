@@ -301,6 +301,23 @@ def test_create_with_unknown_fields_names_them(api):
     assert not Task.objects.exists()
 
 
+@pytest.mark.parametrize("form", ["multipart", "urlencoded"])
+def test_create_with_a_form_field_sent_twice_is_400_not_the_last_value(api, form):
+    """Regression: a form's last value was kept: the task ran 600 s, not the 5 s also sent."""
+    body = {"type": "long_computation", "payload": ['{"duration": 5}', '{"duration": 600}']}
+    if form == "multipart":
+        response = api.post("/api/tasks", body, format="multipart")
+    else:
+        response = api.post(
+            "/api/tasks",
+            urlencode(body, doseq=True),
+            content_type="application/x-www-form-urlencoded",
+        )
+    error = assert_error(response, 400, "validation_error", fields=("payload",))
+    assert error["fields"]["payload"] == ["Sent 2 times: send one value."]
+    assert not Task.objects.exists()
+
+
 def test_create_accepts_seed_001s_params_for_payload(api):
     body = create(api, type="long_computation", params={"duration": 3})
     assert body["payload"] == {"duration": 3.0}
