@@ -6,8 +6,9 @@ Every error answer looks like ``{"error": {"code": ..., "message": ..., "fields"
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import Http404
@@ -81,6 +82,20 @@ def validation_summary(fields: dict[str, Any]) -> str:
     return f"{first_field}: {first}"
 
 
+def too_many_message(exc: Exception) -> str | None:
+    """What Django's TooManyFieldsSent / TooManyFilesSent mean, naming the limit (else None).
+
+    Django's own answer to them (handler400) is a bare "Bad request.".
+    """
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return f"Malformed request: more than {limit} fields in the form or the query string."
+    if isinstance(exc, TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return f"Malformed request body: more than {limit} files in one request."
+    return None
+
+
 _CODE_BY_EXCEPTION: dict[type[exceptions.APIException], str] = {
     exceptions.NotAuthenticated: "not_authenticated",
     exceptions.AuthenticationFailed: "authentication_failed",
@@ -104,6 +119,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(
             error_body("payload_too_large", "The request body is too large."),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    too_many = too_many_message(exc)
+    if too_many is not None:
+        return Response(
+            error_body("malformed_request", too_many), status=status.HTTP_400_BAD_REQUEST
         )
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is away, restarting, or cut this thread's connection (no ping before a

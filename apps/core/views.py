@@ -2,7 +2,7 @@
 
 from django.http import HttpRequest, JsonResponse
 
-from apps.core.exceptions import error_body
+from apps.core.exceptions import error_body, too_many_message
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
@@ -14,4 +14,6 @@ def not_found(request: HttpRequest, exception: Exception) -> JsonResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> JsonResponse:
-    return JsonResponse(error_body("bad_request", "Bad request."), status=400)
+    # Too many fields or files also when Django reads a form outside the API (the admin's).
+    message = too_many_message(exception) or "Bad request."
+    return JsonResponse(error_body("bad_request", message), status=400)

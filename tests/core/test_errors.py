@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management import call_command
 from django.db import InterfaceError, OperationalError
@@ -247,6 +248,8 @@ def test_handler_application_error():
         (exceptions.NotAuthenticated(), 401, "not_authenticated"),
         (exceptions.Throttled(wait=3), 429, "throttled"),
         (exceptions.ParseError("bad json"), 400, "malformed_request"),
+        (TooManyFieldsSent(), 400, "malformed_request"),
+        (TooManyFilesSent(), 400, "malformed_request"),
         (exceptions.APIException(), 500, "error"),
         (exceptions.APIException("Custom.", code="custom"), 500, "custom"),
         (OperationalError("server closed the connection"), 503, "database_unavailable"),
@@ -285,6 +288,16 @@ def test_handler_nested_and_list_validation_errors():
     assert nested.data["error"]["message"] == "Invalid input: payload: Too big."
     flat = handle(exceptions.ValidationError(["One.", "Two."]))
     assert flat.data["error"]["fields"] == {"non_field_errors": ["One.", "Two."]}
+
+
+def test_handler_names_the_limit_of_fields_and_files(settings):
+    """Regression: Django's handler400 answered them with a bare "Bad request."."""
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 12
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    assert "more than 12 fields" in handle(TooManyFieldsSent()).data["error"]["message"]
+    assert "more than 3 files" in handle(TooManyFilesSent()).data["error"]["message"]
+    error = json.loads(bad_request(RequestFactory().get("/x"), TooManyFieldsSent()).content)
+    assert "more than 12 fields" in error["error"]["message"]
 
 
 def test_handler_leaves_a_bug_to_djangos_500():
