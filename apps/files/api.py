@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import StrictInputSerializer
+from apps.core.exceptions import ApplicationError
 from apps.core.parsers import FormParser, MultiPartParser
 from apps.files import selectors, services
 from apps.files.models import UserFile
@@ -38,6 +39,19 @@ class SizeLimitUploadHandler(FileUploadHandler):
 
     def file_complete(self, file_size: int) -> None:
         return None
+
+
+def _declared_length(request: Request) -> int:
+    """The Content-Length header's bytes; a 400 if it is not a number (int() of it was a 500:
+    gunicorn refuses such a request itself, the test client and other servers may not)."""
+    value = request.META.get("CONTENT_LENGTH") or "0"
+    if not (value.isascii() and value.isdigit()):
+        raise ApplicationError(
+            "Malformed request: the Content-Length header must be a number of bytes.",
+            code="malformed_request",
+            fields={"Content-Length": ["Must be a number of bytes."]},
+        )
+    return int(value)
 
 
 class FileOutputSerializer(serializers.Serializer):
@@ -103,8 +117,7 @@ class FileListCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         limit = settings.FILE_UPLOAD_MAX_BYTES
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > limit + MULTIPART_OVERHEAD_BYTES:
+        if _declared_length(request) > limit + MULTIPART_OVERHEAD_BYTES:
             raise services.FileTooLarge(limit)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

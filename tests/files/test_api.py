@@ -159,6 +159,21 @@ def test_a_declared_length_far_over_the_limit_is_refused_unread(api, settings, m
     assert UserFile.objects.count() == 0
 
 
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3", " 12", "\u0661\u0662"])
+def test_a_content_length_that_is_no_number_is_400(api, length, media_root):
+    """Regression: int() of the header was a 500 (the test client passes it on as it is)."""
+    api.raise_request_exception = False
+    response = api.post(
+        "/api/files",
+        {"file": SimpleUploadedFile("a.txt", b"A")},
+        format="multipart",
+        CONTENT_LENGTH=length,
+    )
+    assert_error(response, 400, "malformed_request", "Content-Length")
+    assert UserFile.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
 def test_a_file_exactly_at_the_limit_is_accepted(api, settings):
     settings.FILE_UPLOAD_MAX_BYTES = 1000
     assert upload(api, "edge.bin", b"x" * 1000).status_code == 201
