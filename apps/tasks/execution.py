@@ -539,7 +539,15 @@ def _retry_or_fail(
     outcome: AttemptOutcome,
     retry_after: float | None = None,
 ) -> FailureOutcome | None:
-    """A retryable failure: wait with backoff if retries remain, otherwise fail for good."""
+    """A retryable failure: wait with backoff if retries remain, otherwise fail for good; or, if
+    a cancel was requested while the attempt ran, cancel rather than try again.
+
+    The cancel is decided by the statements, not by the read: a cancel request can commit between
+    the read and the move (it holds the row lock meanwhile), and the retry would then release the
+    task to run again with `cancel_requested_at` set. So the retry or fail moves only while no
+    cancel is requested, and if it does not move, the cancelled move is tried; both carry
+    `attempts = n`, so an attempt settled elsewhere stays as it is.
+    """
     row = (
         Task.objects.filter(id=task_id)
         .values("retries", "max_retries", "cancel_requested_at", "type")
@@ -547,40 +555,57 @@ def _retry_or_fail(
     )
     if row is None:
         return None
-    to: TaskStatus
-    changes: dict[str, object] = {"lease_expires_at": None, "error": error}
-    if row["cancel_requested_at"] is not None:
-        # Someone asked to cancel while the attempt ran: honour it rather than try again.
-        to, outcome_note = S.CANCELLED, "cancelled on request, not retried"
-        changes["finished_at"] = Sql("statement_timestamp()")
-    elif row["retries"] < row["max_retries"]:
-        retry_number = row["retries"] + 1
-        spec = get_task_type(row["type"])  # the type's own backoff, else the platform's
-        delay = (
-            timedelta(seconds=max(0.0, retry_after))
-            if retry_after is not None
-            else retry_delay(
-                retry_number,
-                base=spec.backoff_base_seconds if spec else None,
-                cap=spec.backoff_cap_seconds if spec else None,
+    finish = AttemptFinish(outcome=outcome, error=error)
+    note = f"attempt {attempt} {outcome}: {error}"
+    if row["cancel_requested_at"] is None:
+        to: TaskStatus
+        changes: dict[str, object] = {"lease_expires_at": None, "error": error}
+        if row["retries"] < row["max_retries"]:
+            retry_number = row["retries"] + 1
+            spec = get_task_type(row["type"])  # the type's own backoff, else the platform's
+            delay = (
+                timedelta(seconds=max(0.0, retry_after))
+                if retry_after is not None
+                else retry_delay(
+                    retry_number,
+                    base=spec.backoff_base_seconds if spec else None,
+                    cap=spec.backoff_cap_seconds if spec else None,
+                )
             )
+            run_at = timezone.now() + delay
+            to = S.RETRYING
+            outcome_note = f"retry {retry_number} of {row['max_retries']} at {run_at.isoformat()}"
+            changes.update({"retries": Sql("t.retries + 1"), "run_at": run_at, "dispatch_id": None})
+        else:
+            to, outcome_note = S.FAILED, "no retries left"
+            changes["finished_at"] = Sql("statement_timestamp()")
+        moved = transition_one(
+            task_id=task_id,
+            to=to,
+            allowed_from={S.RUNNING},
+            where="AND t.attempts = %s AND t.cancel_requested_at IS NULL",
+            where_params=(attempt,),
+            changes=changes,
+            attempt=finish,
+            note=f"{note}; {outcome_note}",
         )
-        run_at = timezone.now() + delay
-        to = S.RETRYING
-        outcome_note = f"retry {retry_number} of {row['max_retries']} at {run_at.isoformat()}"
-        changes.update({"retries": Sql("t.retries + 1"), "run_at": run_at, "dispatch_id": None})
-    else:
-        to, outcome_note = S.FAILED, "no retries left"
-        changes["finished_at"] = Sql("statement_timestamp()")
+        if moved is not None:
+            return FailureOutcome(status=moved.task.status, dispatch_id=moved.task.dispatch_id)
+    # Someone asked to cancel while the attempt ran (before the read, or committed since it):
+    # honour it rather than try again. Nothing moves if the attempt was settled elsewhere.
     moved = transition_one(
         task_id=task_id,
-        to=to,
+        to=S.CANCELLED,
         allowed_from={S.RUNNING},
-        where="AND t.attempts = %s",
+        where="AND t.attempts = %s AND t.cancel_requested_at IS NOT NULL",
         where_params=(attempt,),
-        changes=changes,
-        attempt=AttemptFinish(outcome=outcome, error=error),
-        note=f"attempt {attempt} {outcome}: {error}; {outcome_note}",
+        changes={
+            "lease_expires_at": None,
+            "error": error,
+            "finished_at": Sql("statement_timestamp()"),
+        },
+        attempt=finish,
+        note=f"{note}; cancelled on request, not retried",
     )
     if moved is None:
         return None

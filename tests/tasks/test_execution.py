@@ -2,13 +2,16 @@
 
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.tasks import services
+from apps.handlers.registry import get_task_type
+from apps.tasks import execution, services
 from apps.tasks.backoff import retry_delay
 from apps.tasks.execution import attempt_lost, handle_delivery
 from apps.tasks.models import AttemptOutcome, Task, TaskAttempt, TaskStatusChange
@@ -301,3 +304,88 @@ def test_a_cancel_request_wins_over_a_retry(user):
     task.refresh_from_db()
     assert task.status == S.CANCELLED
     assert task.retries == 0
+
+
+def _lock_waiters() -> int:
+    """Backends of this test database that wait for a row lock now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _in_thread(target: Callable[[], Any], results: list[Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results.append(target())
+        except BaseException as exc:
+            results.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("message_form", ["typed"])  # no message is delivered: once is enough
+@pytest.mark.parametrize("settled_by", ["handler error", "worker lost", "lease expired"])
+def test_a_cancel_committed_while_a_failed_attempt_is_settled_is_not_lost(
+    user, settled_by, message_form
+):
+    """Regression: _retry_or_fail read cancel_requested_at, then moved running -> retrying on
+    `attempts = n` alone. A cancel committed in between was acknowledged (cancel_requested set)
+    and lost: the task was released and ran again. Made deterministic: the cancel's transaction
+    holds the row lock, so the settling statement waits for its commit, after the read."""
+    task = create_task(user, "test_flaky", {"fail_times": 1}, max_retries=3)
+    spec = get_task_type("test_flaky")
+    claimed = execution._claim(
+        task_id=str(task.id), dispatch_id=str(task.dispatch_id), spec=spec, worker="w1"
+    )
+    assert claimed is not None  # attempt 1 is running
+    settlers: dict[str, Callable[[], object]] = {
+        "handler error": lambda: execution.run_claimed(claimed.task, spec),
+        # What a redelivered message does once it has read the row (its claim would wait too).
+        "worker lost": lambda: attempt_lost(task_id=task.id, attempt=1, reason="worker lost"),
+        "lease expired": services.reap_expired_leases,
+    }
+    settle = settlers[settled_by]
+    if settled_by == "lease expired":
+        Task.objects.filter(id=task.id).update(lease_expires_at=timezone.now() - timedelta(1))
+
+    written, commit = threading.Event(), threading.Event()
+
+    def cancel() -> Task:
+        with transaction.atomic():
+            cancelled = services.task_cancel(task=Task.objects.get(id=task.id), actor=user)
+            written.set()
+            assert commit.wait(10)
+        return cancelled
+
+    cancel_result: list[Any] = []
+    canceller = _in_thread(cancel, cancel_result)
+    assert written.wait(10)
+    settle_result: list[Any] = []
+    settler = _in_thread(settle, settle_result)
+    wait_for(lambda: _lock_waiters() >= 1, timeout=10, what="the settling move to wait")
+    commit.set()
+    canceller.join(10)
+    settler.join(10)
+    assert cancel_result[0].status == S.RUNNING  # the API answered: cancel requested
+    assert cancel_result[0].cancel_requested_at is not None
+    assert not isinstance(settle_result[0], BaseException), settle_result[0]
+
+    task.refresh_from_db()
+    assert (task.status, task.attempts, task.retries) == (S.CANCELLED, 1, 0)
+    assert task.finished_at is not None and task.lease_expires_at is None
+    attempt = TaskAttempt.objects.get(task=task)
+    expected = AttemptOutcome.FAILED if settled_by == "handler error" else AttemptOutcome.LOST
+    assert (attempt.outcome, attempt.finished_at is not None) == (expected, True)
+    last = TaskStatusChange.objects.filter(task=task).order_by("-id").first()
+    assert last is not None
+    assert (last.from_status, last.to_status) == (S.RUNNING, S.CANCELLED)
+    assert "cancelled on request, not retried" in last.note
+    assert services.release_due_tasks() == 0  # nothing to run again
