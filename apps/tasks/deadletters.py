@@ -9,10 +9,11 @@ task and ack.
 
 import json
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 from kombu import Connection, Consumer, Message
 from kombu.mixins import ConsumerMixin
 
@@ -22,9 +23,21 @@ from apps.tasks.queues import dead_letter_queue
 logger = logging.getLogger(__name__)
 
 
+def _is_uuid(value: Any) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any]]:
     """Task id, dispatch id, reason and time of each task of a dead-lettered message (a batched
-    message carries several); none if it is not ours."""
+    message carries several); none if it is not ours.
+
+    Only ids that parse as UUIDs count (the dispatch id may be absent): a Celery message of some
+    other task (another app's, a task renamed in a deploy) rejected by a worker lands here too,
+    with arguments of its own shape, and those are logged and dropped, not looked up."""
     pairs: list[tuple[Any, Any]] = []
     if isinstance(body, (bytes, str)):
         try:
@@ -39,7 +52,17 @@ def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any
         pairs = [(args[0], args[1])]  # tasks.execute: [task_id, dispatch_id, task_type]
     elif isinstance(body, dict) and "task_id" in body:
         pairs = [(body.get("task_id"), body.get("dispatch_id"))]
-    pairs = [(task_id, dispatch_id) for task_id, dispatch_id in pairs if task_id]
+    ours = [
+        (task_id, dispatch_id)
+        for task_id, dispatch_id in pairs
+        if _is_uuid(task_id) and (not dispatch_id or _is_uuid(dispatch_id))
+    ]
+    if len(ours) < len(pairs):
+        logger.warning(
+            "Dead letter with ids that are not TaskFlow's, ignored: %s",
+            repr([pair for pair in pairs if pair not in ours])[:500],
+        )
+    pairs = ours
     if not pairs:
         return []
 
@@ -60,10 +83,30 @@ def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any
 
 
 def handle_dead_letter(body: Any, message: Message) -> None:
+    """Record the message's tasks and ack it. A message that cannot be handled for any reason
+    other than the database being away is logged (with the traceback) and rejected without
+    requeue (the dead-letter queue has no dead-letter exchange: it is dropped), so that one bad
+    message cannot stop the consumer, which would meet it again at every start. With the database
+    away the error propagates: the process stops, and the message, unacked, is delivered again."""
+    try:
+        _record_dead_letter(body, message)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        logger.exception(
+            "Dead letter that could not be recorded, rejected (dropped): headers=%s body=%s",
+            message.headers,
+            repr(body)[:500],
+        )
+        message.reject(requeue=False)
+        return
+    message.ack()
+
+
+def _record_dead_letter(body: Any, message: Message) -> None:
     parsed_all = parse_dead_letters(body, dict(message.headers or {}))
     if not parsed_all:
         logger.warning("Dead letter that is not a TaskFlow task: headers=%s", message.headers)
-        message.ack()
         return
     for parsed in parsed_all:
         recorded = services.task_record_dead_letter(
@@ -78,7 +121,6 @@ def handle_dead_letter(body: Any, message: Message) -> None:
             parsed["reason"],
             "recorded" if recorded else "task not failed with this message (replayed or deleted)",
         )
-    message.ack()
 
 
 class DeadLetterConsumer(ConsumerMixin):

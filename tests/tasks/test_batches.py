@@ -4,9 +4,11 @@ and broker."""
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
-from django.db import connection
+import pytest
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.handlers.registry import RateLimit, get_task_type
@@ -185,13 +187,70 @@ def test_a_batch_whose_type_got_a_rate_limit_goes_task_by_task(user, monkeypatch
 
 
 def test_a_dead_lettered_batched_message_names_each_of_its_tasks():
-    body = [["echo", [["t1", "d1"], ["t2", "d2"]]], {}, {}]
+    t1, d1, t2, d2, t3, d3 = (str(uuid.uuid4()) for _ in range(6))
+    body = [["echo", [[t1, d1], [t2, d2]]], {}, {}]
     headers = {"x-death": [{"reason": "expired", "queue": "default", "count": 1}]}
     parsed = parse_dead_letters(json.dumps(body), headers)
     assert [(p["task_id"], p["dispatch_id"], p["reason"]) for p in parsed] == [
-        ("t1", "d1", "expired from queue default"),
-        ("t2", "d2", "expired from queue default"),
+        (t1, d1, "expired from queue default"),
+        (t2, d2, "expired from queue default"),
     ]
-    single = parse_dead_letters([["t3", "d3", "echo"], {}, {}], {})
-    assert [(p["task_id"], p["dispatch_id"]) for p in single] == [("t3", "d3")]
+    single = parse_dead_letters([[t3, d3, "echo"], {}, {}], {})
+    assert [(p["task_id"], p["dispatch_id"]) for p in single] == [(t3, d3)]
     assert parse_dead_letters({"other": 1}, {}) == []
+
+
+def test_a_dead_letter_whose_ids_are_not_uuids_is_not_ours():
+    """Regression: another app's Celery task rejected by a worker reaches the dead-letter queue
+    with arguments of its own; they were taken for ids, and the look-up's ValidationError stopped
+    the consumer at every start."""
+    task_id, dispatch_id = str(uuid.uuid4()), str(uuid.uuid4())
+    assert parse_dead_letters([["acme-corp", 7], {}, {}], {}) == []
+    assert parse_dead_letters([["acme-corp", [["a", "b"], [1, 2]]], {}, {}], {}) == []
+    assert parse_dead_letters({"task_id": "nope", "dispatch_id": None}, {}) == []
+    assert parse_dead_letters([[task_id, "not-a-dispatch", "echo"], {}, {}], {}) == []
+    # Only the pairs that are ours, of a message that mixes them; a reaper's record has no
+    # dispatch id when it had none.
+    mixed = parse_dead_letters([["echo", [["x", "y"], [task_id, dispatch_id]]], {}, {}], {})
+    assert [(p["task_id"], p["dispatch_id"]) for p in mixed] == [(task_id, dispatch_id)]
+    reaped = parse_dead_letters({"task_id": task_id, "dispatch_id": None}, {})
+    assert [(p["task_id"], p["dispatch_id"]) for p in reaped] == [(task_id, "")]
+
+
+class FakeMessage:
+    def __init__(self, headers: dict[str, Any] | None = None) -> None:
+        self.headers = headers or {}
+        self.settled: list[tuple[str, bool]] = []
+
+    def ack(self) -> None:
+        self.settled.append(("ack", False))
+
+    def reject(self, requeue: bool = False) -> None:
+        self.settled.append(("reject", requeue))
+
+
+def test_a_dead_letter_that_cannot_be_recorded_is_logged_and_rejected(user, monkeypatch, caplog):
+    """Any unexpected error with one message (not the database being away) must not stop the
+    consumer: the message is logged with its traceback and rejected without requeue."""
+    failed = create_task(user, "test_permanent", {})
+
+    def broken(**kwargs: Any) -> bool:
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(services, "task_record_dead_letter", broken)
+    message = FakeMessage()
+    handle_dead_letter([[str(failed.id), str(failed.dispatch_id), "echo"], {}, {}], message)  # type: ignore[arg-type]
+    assert message.settled == [("reject", False)]
+    logged = [r for r in caplog.records if "could not be recorded" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+
+
+def test_a_dead_letter_seen_while_the_database_is_away_is_left_for_redelivery(user, monkeypatch):
+    def away(**kwargs: Any) -> bool:
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(services, "task_record_dead_letter", away)
+    message = FakeMessage()
+    with pytest.raises(OperationalError):
+        handle_dead_letter([[str(uuid.uuid4()), str(uuid.uuid4()), "echo"], {}, {}], message)  # type: ignore[arg-type]
+    assert message.settled == []  # unacked: the broker delivers it again

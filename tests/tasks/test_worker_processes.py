@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from apps.tasks import publisher, services
+from apps.tasks.execution import handle_delivery
 from apps.tasks.models import AttemptOutcome, Task, TaskAttempt
 from apps.tasks.queues import DEAD_LETTER_QUEUE_NAME
 from apps.tasks.states import TaskStatus
@@ -67,6 +68,55 @@ def test_a_failed_task_is_dead_lettered_recorded_and_replayed(user, broker, work
     assert task.result == {"succeeded_on_attempt": 2}
     assert task.dead_lettered_at is None
     assert task.status_changes.filter(note="replayed from the dead-letter queue").exists()
+
+
+def _dead_letter(broker: Any, queue: str = "default") -> None:
+    """Reject the queue's next message into the dead-letter exchange, as a worker does."""
+    message = broker.channel.basic_get(queue=queue, no_ack=False)
+    assert message is not None
+    broker.channel.basic_reject(message.delivery_tag, requeue=False)
+
+
+def test_a_foreign_dead_letter_does_not_stop_the_dead_letter_consumer(user, broker):
+    """Regression: a Celery message of a task the workers do not know (another app's, or one
+    renamed in a deploy) is rejected by the worker, so RabbitMQ dead-letters it. Its arguments
+    were taken for a task id; the look-up raised, the consumer exited, and the message, never
+    acked, stopped it again at every start. It is logged and acked, and the real dead letters
+    behind it are recorded."""
+    from taskflow.celery import app
+
+    app.send_task("reports.send_weekly", args=["acme-corp", 7], queue="default")
+    _dead_letter(broker)
+    failed = create_task(user, "test_permanent", {})
+    outcome = handle_delivery(
+        task_id=str(failed.id),
+        dispatch_id=str(failed.dispatch_id),
+        task_type=failed.type,
+        redelivered=False,
+        worker="w1",
+    )
+    assert outcome.dead_letter
+    _dead_letter(broker)
+    wait_for(lambda: broker.depth(DEAD_LETTER_QUEUE_NAME) == 2, what="both dead letters")
+
+    with processes.running("deadletters") as started:
+        consumer = started["deadletters"]
+        wait_for(
+            lambda: (
+                consumer.returncode is not None
+                or Task.objects.filter(id=failed.id, dead_lettered_at__isnull=False).exists()
+            ),
+            what="the consumer to record the dead letter behind the foreign one",
+        )
+        wait_for(
+            lambda: consumer.returncode is not None or broker.depth(DEAD_LETTER_QUEUE_NAME) == 0,
+            what="the DLQ drained",
+        )
+        assert consumer.returncode is None, consumer.log()[-3000:]
+        assert "not a TaskFlow task" in consumer.log() or "not TaskFlow's" in consumer.log()
+    failed.refresh_from_db()
+    assert failed.dead_letter_reason == "rejected from queue default"
+    assert broker.depth(DEAD_LETTER_QUEUE_NAME) == 0
 
 
 def test_the_same_message_delivered_twice_runs_once(user, broker, worker, tmp_path: Path):
