@@ -10,10 +10,11 @@ A webhook type lives only here: staff create it in the admin, and a worker POSTs
 `url` (apps.handlers.webhooks).
 """
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from apps.tasks.backoff import MAX_RETRY_DELAY_SECONDS
 from apps.tasks.queues import WORK_QUEUES
 
 
@@ -47,11 +48,16 @@ class TaskType(models.Model):
     max_retries_limit = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="The most retries a client may ask for (max_retries)."
     )
+    # At most the longest retry wait (apps.tasks.backoff): a wait past it is cut to it anyway.
     backoff_base_seconds = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.0)]
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(MAX_RETRY_DELAY_SECONDS)],
     )
     backoff_cap_seconds = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.0)]
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(MAX_RETRY_DELAY_SECONDS)],
     )
     time_limit_seconds = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]

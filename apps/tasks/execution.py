@@ -30,7 +30,7 @@ from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
 from apps.handlers.registry import TaskTypeSpec, get_task_type
 from apps.handlers.selectors import invalidate_task_types
 from apps.handlers.services import type_disabled_for_hold
-from apps.tasks.backoff import retry_delay
+from apps.tasks.backoff import retry_wait
 from apps.tasks.models import AttemptOutcome, Task
 from apps.tasks.publisher import DeadLetter, publish_dead_letters
 from apps.tasks.states import TaskStatus
@@ -563,14 +563,12 @@ def _retry_or_fail(
         if row["retries"] < row["max_retries"]:
             retry_number = row["retries"] + 1
             spec = get_task_type(row["type"])  # the type's own backoff, else the platform's
-            delay = (
-                timedelta(seconds=max(0.0, retry_after))
-                if retry_after is not None
-                else retry_delay(
-                    retry_number,
-                    base=spec.backoff_base_seconds if spec else None,
-                    cap=spec.backoff_cap_seconds if spec else None,
-                )
+            # At most MAX_RETRY_DELAY_SECONDS, whatever the handler or the type's backoff says.
+            delay = retry_wait(
+                retry_number,
+                retry_after=retry_after,
+                base=spec.backoff_base_seconds if spec else None,
+                cap=spec.backoff_cap_seconds if spec else None,
             )
             run_at = timezone.now() + delay
             to = S.RETRYING

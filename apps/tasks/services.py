@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Model
 from django.db.models.sql import InsertQuery
 from django.utils import timezone
@@ -813,11 +813,19 @@ def reap_expired_leases(*, limit: int = 100) -> int:
     ).values_list("id", "attempts")[:limit]
     reaped = 0
     for task_id, attempt_number in expired:
-        outcome = attempt_lost(
-            task_id=task_id,
-            attempt=attempt_number,
-            reason="lease expired: the worker stopped reporting",
-        )
+        try:
+            outcome = attempt_lost(
+                task_id=task_id,
+                attempt=attempt_number,
+                reason="lease expired: the worker stopped reporting",
+            )
+        except (OperationalError, InterfaceError):
+            raise  # the database is away: the next tick tries them all again
+        except Exception:
+            # One task that cannot be settled must not stop the reaping of the others, tick
+            # after tick: it stays running (and is tried again next tick), and says why here.
+            logger.exception("Could not settle the expired lease of task %s", task_id)
+            continue
         if outcome is not None and outcome.status == S.FAILED:
             try:
                 publisher.publish_dead_letter(

@@ -154,6 +154,12 @@ def test_an_empty_signing_secret_gets_a_random_one(staff, receiver):
         ({"default_max_retries": "9", "max_retries_limit": "4"}, "default_max_retries", "More"),
         ({"max_retries_limit": "101"}, "max_retries_limit", "At most 100."),
         ({"backoff_base_seconds": "10", "backoff_cap_seconds": "5"}, "backoff_cap_seconds", "cap"),
+        (
+            {"backoff_base_seconds": "1e15", "backoff_cap_seconds": "1e15"},
+            "backoff_base_seconds",
+            "less than or equal to 2592000",
+        ),
+        ({"backoff_cap_seconds": "1e15"}, "backoff_cap_seconds", "less than or equal to 2592000"),
         ({"time_limit_seconds": "1790"}, "time_limit_seconds", "consumer_timeout"),
         ({"timeout_seconds": "1790"}, "timeout_seconds", "consumer_timeout"),
         ({"rate_limit_count": "0"}, "rate_limit_count", "greater than or equal to 1"),

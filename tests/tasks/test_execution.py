@@ -10,9 +10,11 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.handlers.models import TaskType
 from apps.handlers.registry import get_task_type
+from apps.handlers.services import task_type_save
 from apps.tasks import execution, services
-from apps.tasks.backoff import retry_delay
+from apps.tasks.backoff import MAX_RETRY_DELAY_SECONDS, retry_delay, retry_wait
 from apps.tasks.execution import attempt_lost, handle_delivery
 from apps.tasks.models import AttemptOutcome, Task, TaskAttempt, TaskStatusChange
 from apps.tasks.states import TaskStatus
@@ -147,6 +149,41 @@ def test_a_handler_can_choose_its_retry_wait(user):
     assert before + timedelta(seconds=119) < task.run_at < before + timedelta(seconds=122)
 
 
+def test_a_retry_wait_too_long_for_a_datetime_is_cut_to_the_maximum(user):
+    """Regression: RetryableError(retry_after=1e12) (an SDK handler passing a server's value
+    through) overflowed now + wait; the OverflowError escaped the attempt's recording, the
+    worker acked the message, and the task stayed running until its lease expired."""
+    task = create_task(user, "test_flaky", {"fail_times": 1, "retry_after": 1e12})
+    before = timezone.now()
+    assert deliver(task).status == S.RETRYING
+    task.refresh_from_db()
+    assert task.run_at is not None
+    longest = timedelta(seconds=MAX_RETRY_DELAY_SECONDS)
+    assert before + longest <= task.run_at <= timezone.now() + longest
+
+
+def test_a_types_backoff_too_long_for_a_datetime_is_cut_to_the_maximum(user):
+    row = TaskType.objects.get(name="test_flaky")
+    row.backoff_base_seconds = row.backoff_cap_seconds = 1e15  # saved past the admin's check
+    task_type_save(task_type=row)
+    task = create_task(user, "test_flaky", {"fail_times": 1})
+    assert deliver(task).status == S.RETRYING
+    task.refresh_from_db()
+    assert task.run_at is not None
+    assert task.run_at <= timezone.now() + timedelta(seconds=MAX_RETRY_DELAY_SECONDS)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(1e12, MAX_RETRY_DELAY_SECONDS), (float("inf"), MAX_RETRY_DELAY_SECONDS), (-5, 0), (7, 7)],
+)
+def test_a_handlers_retry_wait_is_bounded(retry_after, expected):
+    assert retry_wait(1, retry_after=retry_after).total_seconds() == expected
+    assert retry_wait(1, retry_after=float("nan"), base=1, cap=1).total_seconds() <= 1
+    huge = retry_wait(100, retry_after=None, base=1e300, cap=float("inf"))
+    assert 0 <= huge.total_seconds() <= MAX_RETRY_DELAY_SECONDS
+
+
 def test_running_out_of_retries_fails_and_asks_for_dead_lettering(user):
     task = create_task(user, "test_flaky", {"fail_times": 5}, max_retries=1)
     assert deliver(task).status == S.RETRYING
@@ -251,6 +288,51 @@ def test_expired_leases_are_reaped_into_a_retry(user, broker):
     task.refresh_from_db()
     assert task.status == S.RETRYING
     assert "lease expired" in task.error
+
+
+def _expired_leases(
+    user, count: int, task_type: str = "echo", payload: dict[str, Any] | None = None
+) -> list[Task]:
+    tasks = [create_task(user, task_type, payload or {}, max_retries=3) for _ in range(count)]
+    for task in tasks:
+        Task.objects.filter(id=task.id).update(
+            status=S.RUNNING, attempts=1, lease_expires_at=timezone.now() - timedelta(seconds=60)
+        )
+        TaskAttempt.objects.create(task=task, number=1, started_at=timezone.now())
+    return tasks
+
+
+def test_one_task_that_cannot_be_settled_does_not_stop_the_reaper(user, monkeypatch, caplog):
+    """Regression: reap_expired_leases had no error handling per task, so one task whose retry
+    could not be recorded (a type's backoff overflowing datetime) ended every beat tick there, and
+    every expired lease behind it stayed running for ever. It is logged, the others reaped."""
+    tasks = _expired_leases(user, 5)
+    broken = tasks[2].id
+    settle = execution.attempt_lost
+
+    def attempt_lost_but_one(**kwargs: Any) -> Any:
+        if kwargs["task_id"] == broken:
+            raise OverflowError("date value out of range")
+        return settle(**kwargs)
+
+    monkeypatch.setattr(execution, "attempt_lost", attempt_lost_but_one)
+    assert services.reap_expired_leases() == 4
+    statuses = dict(Task.objects.filter(id__in=[t.id for t in tasks]).values_list("id", "status"))
+    assert statuses.pop(broken) == S.RUNNING  # tried again at the next tick
+    assert set(statuses.values()) == {S.RETRYING}
+    logged = [r for r in caplog.records if "Could not settle the expired lease" in r.getMessage()]
+    assert logged and str(broken) in logged[0].getMessage() and logged[0].exc_info
+
+
+def test_an_expired_lease_of_a_type_with_a_huge_backoff_is_reaped(user):
+    row = TaskType.objects.get(name="test_flaky")
+    row.backoff_base_seconds = row.backoff_cap_seconds = 1e15
+    task_type_save(task_type=row)
+    tasks = [*_expired_leases(user, 2), *_expired_leases(user, 1, "test_flaky", {"fail_times": 5})]
+    assert services.reap_expired_leases() == 3
+    assert set(
+        Task.objects.filter(id__in=[t.id for t in tasks]).values_list("status", flat=True)
+    ) == {S.RETRYING}
 
 
 @pytest.mark.django_db(transaction=True)
