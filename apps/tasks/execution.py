@@ -79,21 +79,44 @@ class Succeeded:
         return json.loads(self.text)
 
 
-def _lease_seconds(spec: TaskTypeSpec | None, *, tasks: int = 1) -> int:
+def _lease_seconds(
+    spec: TaskTypeSpec | None, *, tasks: int = 1, time_limit: float | None = None
+) -> int:
+    """How long a claimed attempt may run before the reaper takes it for lost.
+
+    `time_limit` is the hard limit the worker enforces on the message (the one the message
+    carries, else the worker's default): the lease must outlast it, whatever the type's limit
+    is now. Staff may have lowered the type's limit since the message was published, and a lease
+    from the new limit would let the reaper take a live attempt for lost and run a retry beside
+    it. Without it (a direct call), the type's limit, as the publisher would set it."""
+    if time_limit:
+        return int(time_limit) + LEASE_GRACE_SECONDS  # a batch's limit covers all its tasks
     # A batch's tasks are all claimed at its start and run one after another.
     limit = (spec.time_limit_seconds if spec else None) or settings.CELERY_TASK_TIME_LIMIT
     return int(limit) * tasks + LEASE_GRACE_SECONDS
 
 
 def handle_delivery(
-    *, task_id: str, dispatch_id: str, redelivered: bool, worker: str, task_type: str = ""
+    *,
+    task_id: str,
+    dispatch_id: str,
+    redelivered: bool,
+    worker: str,
+    task_type: str = "",
+    time_limit: float | None = None,
 ) -> DeliveryOutcome:
+    """`time_limit`: the hard time limit the worker enforces on the message (the lease's)."""
     spec = get_task_type(task_type) if task_type else None
     if spec is not None and spec.enabled and not spec.rate_limit:
         # The common case: the message names an enabled type without a rate limit, so nothing
         # needs the row before the claim (which checks the type too).
         claimed = _claim(
-            task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker, task_type=task_type
+            task_id=task_id,
+            dispatch_id=dispatch_id,
+            spec=spec,
+            worker=worker,
+            task_type=task_type,
+            time_limit=time_limit,
         )
     else:
         # An older message without its type, or a type that may hold the task: read the row.
@@ -106,7 +129,13 @@ def handle_delivery(
             held, spec = _admit(task_id=task_id, dispatch_id=dispatch_id, spec=spec)
             if held is not None:
                 return held
-        claimed = _claim(task_id=task_id, dispatch_id=dispatch_id, spec=spec, worker=worker)
+        claimed = _claim(
+            task_id=task_id,
+            dispatch_id=dispatch_id,
+            spec=spec,
+            worker=worker,
+            time_limit=time_limit,
+        )
     if claimed is not None:
         status = run_claimed(claimed.task, spec)
         return DeliveryOutcome("ran", status=status)
@@ -158,6 +187,7 @@ def handle_batch(
     redelivered: bool,
     worker: str,
     queue: str = "",
+    time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     """A batched message's (task_id, dispatch_id) pairs: claim them in one statement, run their
     handlers one after another, and record their successes in one statement (any other ending
@@ -171,7 +201,13 @@ def handle_batch(
     (it carries others): a record of its own goes there (DeadLettersNotPublished if the broker
     does not confirm it; the message, handed back, then finds the task failed and tries again).
     """
-    outcomes = _run_batch(task_type=task_type, pairs=pairs, redelivered=redelivered, worker=worker)
+    outcomes = _run_batch(
+        task_type=task_type,
+        pairs=pairs,
+        redelivered=redelivered,
+        worker=worker,
+        time_limit=time_limit,
+    )
     reason = f"failed in a batched message from queue {queue or '?'}"
     dead = [
         DeadLetter(task_id, dispatch_id, reason)
@@ -188,7 +224,12 @@ def handle_batch(
 
 
 def _run_batch(
-    *, task_type: str, pairs: Sequence[tuple[str, str]], redelivered: bool, worker: str
+    *,
+    task_type: str,
+    pairs: Sequence[tuple[str, str]],
+    redelivered: bool,
+    worker: str,
+    time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     wellformed: dict[str, str] = {}
     dropped: list[tuple[str, str, DeliveryOutcome]] = []
@@ -202,6 +243,7 @@ def _run_batch(
         pairs=list(wellformed.items()),
         redelivered=redelivered,
         worker=worker,
+        time_limit=time_limit,
     )
 
 
@@ -215,7 +257,12 @@ def _are_uuids(*texts: str) -> bool:
 
 
 def _run_pairs(
-    *, task_type: str, pairs: list[tuple[str, str]], redelivered: bool, worker: str
+    *,
+    task_type: str,
+    pairs: list[tuple[str, str]],
+    redelivered: bool,
+    worker: str,
+    time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     if not pairs:
         return []
@@ -231,6 +278,7 @@ def _run_pairs(
                     task_type=task_type,
                     redelivered=redelivered,
                     worker=worker,
+                    time_limit=time_limit,
                 ),
             )
             for task_id, dispatch_id in pairs
@@ -247,7 +295,7 @@ def _run_pairs(
             allowed_from={S.QUEUED},
             where="AND t.dispatch_id = r.dispatch_id AND t.type = %s",
             where_params=(task_type,),
-            changes=_claim_changes(spec, tasks=len(pairs)),
+            changes=_claim_changes(spec, tasks=len(pairs), time_limit=time_limit),
             attempt=AttemptStart(worker=worker),
             note=f"claimed by {worker}",
             columns=CLAIMED_COLUMNS,
@@ -323,6 +371,7 @@ def _claim(
     spec: TaskTypeSpec | None,
     worker: str,
     task_type: str = "",
+    time_limit: float | None = None,
 ) -> Transitioned | None:
     """queued -> running, if the message's dispatch is the row's (and its type, when the message
     names one; and, for a type with a concurrency limit, if fewer than the limit are running:
@@ -337,7 +386,7 @@ def _claim(
             allowed_from={S.QUEUED},
             where=f"AND t.dispatch_id = %s {type_where} {limit_where}",
             where_params=(dispatch_id, *type_params, *limit_params),
-            changes=_claim_changes(spec),
+            changes=_claim_changes(spec, time_limit=time_limit),
             attempt=AttemptStart(worker=worker),
             note=f"claimed by {worker}",
             columns=CLAIMED_COLUMNS,
@@ -354,8 +403,10 @@ def _claim(
         return claim()
 
 
-def _claim_changes(spec: TaskTypeSpec | None, *, tasks: int = 1) -> dict[str, object]:
-    lease = timedelta(seconds=_lease_seconds(spec, tasks=tasks))
+def _claim_changes(
+    spec: TaskTypeSpec | None, *, tasks: int = 1, time_limit: float | None = None
+) -> dict[str, object]:
+    lease = timedelta(seconds=_lease_seconds(spec, tasks=tasks, time_limit=time_limit))
     return {
         "attempts": Sql("t.attempts + 1"),
         "started_at": Sql("COALESCE(t.started_at, statement_timestamp())"),

@@ -42,6 +42,16 @@ EXECUTION_TASK_OPTIONS: dict[str, Any] = {
 }
 
 
+def message_time_limit(task: Any) -> float | None:
+    """The hard time limit the worker enforces on the message being run: the one the message
+    carries (`timelimit`: [hard, soft], set by the publisher from the type's limit at publish
+    time), else the task's default, else the app's (Celery's Request does the same). The lease
+    is computed from it, not from the type's limit now (execution._lease_seconds)."""
+    carried = (task.request.timelimit or (None, None))[0]
+    limit = carried or task.time_limit or task.app.conf.task_time_limit
+    return float(limit) if limit else None
+
+
 @shared_task(name="tasks.execute", **EXECUTION_TASK_OPTIONS)
 def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> str:
     delivery_info = self.request.delivery_info or {}
@@ -52,6 +62,7 @@ def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> s
             task_type=task_type,
             redelivered=bool(delivery_info.get("redelivered")),
             worker=f"{self.request.hostname}",
+            time_limit=message_time_limit(self),
         )
     if outcome.dead_letter:
         # Failed for good: the message goes to the dead-letter exchange (see apps.tasks.queues).
@@ -74,6 +85,7 @@ def execute_batch(self: Any, task_type: str, pairs: list[list[str]]) -> dict[str
                 redelivered=bool(delivery_info.get("redelivered")),
                 worker=f"{self.request.hostname}",
                 queue=str(delivery_info.get("routing_key") or ""),
+                time_limit=message_time_limit(self),
             )
     except execution.DeadLettersNotPublished as exc:
         time.sleep(DATABASE_AWAY_PAUSE_SECONDS)

@@ -335,6 +335,72 @@ def test_an_expired_lease_of_a_type_with_a_huge_backoff_is_reaped(user):
     ) == {S.RETRYING}
 
 
+@pytest.mark.django_db(transaction=True)  # the create's message is published on commit
+def test_the_lease_outlasts_the_time_limit_the_message_carries(user, broker, settings):
+    """Regression: the claim computed the lease from the type's limit *now*. Staff lowered a
+    type's time limit (1 s) while a task of it was queued; its message carries the limit it was
+    published with (the platform's 960 s), which the worker enforces, but the lease was 1 + 60 s:
+    the reaper took the live attempt for lost and a retry ran beside it."""
+    from types import SimpleNamespace
+
+    from celery.app.task import Context
+
+    from apps.tasks.tasks import execute, message_time_limit
+
+    task = create_task(user, "test_sleep", {"seconds": 100}, max_retries=3)
+    message = broker.peek("default")
+    row = TaskType.objects.get(name="test_sleep")
+    row.time_limit_seconds = 1
+    task_type_save(task_type=row)  # the admin's save
+    spec = get_task_type("test_sleep")
+    assert spec is not None and spec.time_limit_seconds == 1
+
+    # What tasks.execute passes down: the limit the worker enforces on this message.
+    carried = SimpleNamespace(
+        request=Context(timelimit=message.headers["timelimit"]),
+        time_limit=execute.time_limit,
+        app=execute.app,
+    )
+    limit = message_time_limit(carried)
+    assert limit is not None and limit == settings.CELERY_TASK_TIME_LIMIT
+    before = timezone.now()
+    claimed = execution._claim(
+        task_id=str(task.id),
+        dispatch_id=str(task.dispatch_id),
+        spec=spec,
+        worker="w1",
+        task_type=task.type,
+        time_limit=limit,
+    )
+    assert claimed is not None
+    task.refresh_from_db()
+    assert task.lease_expires_at is not None
+    assert task.lease_expires_at >= before + timedelta(seconds=limit)
+    assert services.reap_expired_leases() == 0
+
+
+def test_a_message_time_limit_is_the_carried_one_else_the_default(db, settings):
+    from types import SimpleNamespace
+
+    from celery.app.task import Context
+
+    from apps.tasks.tasks import execute, message_time_limit
+
+    def limit(timelimit: Any) -> float | None:
+        request = Context(timelimit=timelimit)
+        return message_time_limit(
+            SimpleNamespace(request=request, time_limit=execute.time_limit, app=execute.app)
+        )
+
+    assert limit([110, 85]) == 110  # a batch of 4 of a 20 s type: 4 x 20 + 30
+    assert limit([None, None]) == settings.CELERY_TASK_TIME_LIMIT
+    assert limit(None) == settings.CELERY_TASK_TIME_LIMIT
+    spec = get_task_type("test_batched")
+    # The message's limit already covers all of a batch's tasks; without one, the type's.
+    assert execution._lease_seconds(spec, tasks=4, time_limit=110) == 110 + 60
+    assert execution._lease_seconds(spec, tasks=4) == 4 * 20 + 60
+
+
 @pytest.mark.django_db(transaction=True)
 def test_cancelling_a_running_task_stops_it_cooperatively(user):
     task = create_task(user, "test_sleep", {"seconds": 30})

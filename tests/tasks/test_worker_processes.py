@@ -207,3 +207,23 @@ def test_a_batched_type_runs_four_to_a_message_and_a_killed_pool_process_loses_n
     assert len(set(first_starts[:4])) == 1 and len(set(first_starts[4:])) == 1
     assert [t.result for t in tasks[4:]] == payloads[4:]
     assert broker.depth(DEAD_LETTER_QUEUE_NAME) == 0
+
+
+def test_a_real_worker_leases_by_the_time_limit_its_message_carries(user, broker):
+    """The lease comes from the limit the worker enforces on the message (Celery's
+    request.timelimit, else its default), not from a type limit lowered since publishing."""
+    from django.conf import settings
+
+    from apps.handlers.models import TaskType
+    from apps.handlers.services import task_type_save
+
+    task = create_task(user, "test_sleep", {"seconds": 1.5})
+    row = TaskType.objects.get(name="test_sleep")
+    row.time_limit_seconds = 1
+    task_type_save(task_type=row)  # after the message was published with the default limit
+    with processes.running("worker", WORKER_CONCURRENCY="1"):
+        task = wait_status(task, S.RUNNING)
+        assert task.lease_expires_at is not None and task.started_at is not None
+        lease = (task.lease_expires_at - task.started_at).total_seconds()
+        assert lease >= settings.CELERY_TASK_TIME_LIMIT, lease
+        task = wait_status(task, S.SUCCEEDED)  # the message's limit, not the type's 1 s, applies
