@@ -11,6 +11,16 @@ from apps.core.exceptions import ApplicationError
 @transaction.atomic
 def user_register(*, email: str, password: str) -> User:
     email = User.objects.normalize_email(email).lower()
+    # Checked after lowercasing, as the address is stored: some characters grow when lowercased
+    # ("İ" is two), so an address the input's max_length passed can be too long for the column.
+    max_length = User._meta.get_field("email").max_length or 254
+    if len(email) > max_length:
+        message = f"Ensure this field has no more than {max_length} characters (in lower case)."
+        raise ApplicationError(
+            f"Invalid input: email: {message}",
+            code="validation_error",
+            fields={"email": [message]},
+        )
     if User.objects.filter(email__iexact=email).exists():
         raise ApplicationError(
             "A user with this email already exists.",

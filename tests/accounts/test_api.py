@@ -120,6 +120,33 @@ def test_register_a_malformed_email_is_400(email):
 
 
 @pytest.mark.django_db
+def test_register_an_email_too_long_once_lowercased_is_400_on_the_email_field():
+    """'İ' (U+0130) lowercases to two characters ('i' and U+0307): a 197-character address passes
+    the serializer's 254, but is 386 lowercased, as it would be stored (varchar(254)). It was a
+    DataError, a 500."""
+    label = "\u0130" * 63
+    email = f"a@{label}.{label}.{label}.com"
+    assert len(email) <= 254 < len(email.lower())
+    client = APIClient()
+    client.raise_request_exception = False
+    response = client.post("/api/register", {"email": email, "password": PASSWORD}, format="json")
+    error = assert_error(response, 400, "validation_error", fields=("email",))
+    assert "254" in error["fields"]["email"][0]
+    assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_register_an_email_of_254_characters_once_lowercased_is_taken():
+    email = "a@" + "\u0130" * 63 + "." + "b" * 63 + "." + "c" * 57 + ".com"  # 254 lowercased
+    assert len(email.lower()) == 254
+    response = APIClient().post(
+        "/api/register", {"email": email, "password": PASSWORD}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    assert User.objects.get().email == email.lower()
+
+
+@pytest.mark.django_db
 def test_register_missing_fields_are_named():
     response = APIClient().post("/api/register", {}, format="json")
     error = assert_error(response, 400, "validation_error", fields=("email", "password"))
