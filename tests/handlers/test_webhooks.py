@@ -216,6 +216,27 @@ def test_verify_refuses_a_changed_body_another_secret_an_old_signature_and_garba
         assert not signing.verify(SECRET, garbage, body)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(f"t={int(time.time())},v1=\u00e9", id="non-ascii-v1"),  # compare_digest raised
+        pytest.param("t=" + "9" * 400 + ",v1=00", id="huge-timestamp"),  # OverflowError
+        pytest.param("t=1" + "0" * 12 + ",v1=00", id="13-digit-timestamp"),
+        pytest.param(f"t=\u00b2{int(time.time())},v1=00", id="non-ascii-digit"),
+        pytest.param(f"t=-{int(time.time())},v1=00", id="negative"),
+        pytest.param(f"t= {int(time.time())},v1=00", id="space"),
+        pytest.param(f"t={int(time.time())},v1=\ud800", id="lone-surrogate"),
+        pytest.param(f"t={int(time.time())},v1", id="no-equals"),
+        pytest.param(f"t={int(time.time())}", id="no-v1"),
+    ],
+)
+def test_verify_answers_false_for_a_malformed_header_and_never_raises(header):
+    """A receiver copies this code from docs/handlers.md: an unauthenticated caller must get its
+    401, not make it raise (a 500, a dropped connection)."""
+    assert signing.verify(SECRET, signing.sign(SECRET, b"{}"), b"{}") is True
+    assert signing.verify(SECRET, header, b"{}") is False
+
+
 def test_the_docs_give_receivers_the_verification_code_the_tests_use():
     source = inspect.getsource(signing.verify)
     assert source in DOCS.read_text(), "docs/handlers.md must quote apps.handlers.signing.verify"
