@@ -127,7 +127,7 @@ class OwnerFilter(admin.SimpleListFilter):
             return []  # no choice shown, and none loaded
         # Also for a value that is no user id: the filter then applies (no task), not dropped.
         email = None
-        if value.isdigit():
+        if _is_user_id(value):
             email = User.objects.filter(id=int(value)).values_list("email", flat=True).first()
         return [(value, email or f"user {value}")]
 
@@ -135,9 +135,15 @@ class OwnerFilter(admin.SimpleListFilter):
         value = self.value()
         if not value:
             return queryset
-        if not value.isdigit():
+        if not _is_user_id(value):
             return queryset.none()
         return queryset.filter(owner_id=int(value))
+
+
+def _is_user_id(value: str) -> bool:
+    # ASCII digits only: "²".isdigit() is true and int() refuses it; int() reads a fullwidth
+    # or an Arabic-Indic "1" as 1.
+    return value.isascii() and value.isdigit()
 
 
 class TaskChangeList(ChangeList):

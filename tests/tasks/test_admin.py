@@ -95,6 +95,28 @@ def test_the_owner_filter_lists_the_chosen_owner_not_every_user(admin, user, oth
     assert listed(admin.get(CHANGELIST, {"owner__id__exact": "x"})) == set()
 
 
+def digits_of(number: int, zero: str) -> str:
+    """`number` in another script's decimal digits (`zero` its 0): int() reads them."""
+    return "".join(chr(ord(zero) + int(d)) for d in str(number))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        lambda user: "\u00b2",  # isdigit() is true, int() a ValueError: it was a 500
+        lambda user: digits_of(user.id, "\uff10"),  # fullwidth: int() reads the user's id
+        lambda user: digits_of(user.id, "\u0660"),  # Arabic-Indic
+        lambda user: "9" * 30,  # out of the id column's range
+    ],
+    ids=["superscript-two", "fullwidth", "arabic-indic", "out-of-range"],
+)
+def test_the_owner_filter_on_a_value_that_is_no_user_id_lists_no_task(admin, user, value):
+    admin.raise_request_exception = False
+    make_task(user)
+    response = admin.get(CHANGELIST, {"owner__id__exact": value(user)})
+    assert listed(response) == set()
+
+
 def test_type_and_queue_filters_offer_the_registered_types_and_the_queues(admin, user):
     make_task(user)
     specs = {spec.title: spec for spec in admin.get(CHANGELIST).context["cl"].filter_specs}
