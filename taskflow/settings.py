@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: a NUL in an /admin/ query string is a 400; an action's ids that are no ids are dropped.
+    "apps.core.middleware.AdminInputMiddleware",
 ]
 
 ROOT_URLCONF = "taskflow.urls"

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from apps.accounts.models import User
@@ -185,3 +186,30 @@ def test_the_admin_task_page_follows_an_unfinished_task_live(staff, user, client
     finished = client.get(f"/admin/tasks/task/{waiting.id}/change/")
     assert finished.status_code == 200
     assert b'id="task-live"' not in finished.content
+
+
+# --- hostile query strings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refresh", ["%00", "%C2%B2", "99999999999999999999999", "-5", "abc"])
+def test_the_dashboard_takes_any_refresh_value_without_a_500(staff, client, refresh):
+    """A NUL is refused like anywhere in the admin (apps.core.middleware); the rest fall back to
+    the default or are clamped to 1..60."""
+    client.force_login(staff)
+    client.raise_request_exception = False
+    response = client.get(f"/admin/dashboard/?refresh={refresh}")
+    if refresh == "%00":
+        assert response.status_code == 400
+    else:
+        assert response.status_code == 200
+        assert 1 <= response.context["refresh_seconds"] <= 60
+
+
+def test_the_monitoring_api_ignores_a_nul_in_the_query_string(staff_api, user, settings):
+    """None of /api/stats, /metrics, /api/monitoring/tasks/{id} reads its query string."""
+    settings.METRICS_TOKEN = "m" * 32
+    task = create_task(user, "echo", {})
+    assert staff_api.get("/api/stats?scope=%00&%00=1").status_code == 200
+    assert staff_api.get(f"/api/monitoring/tasks/{task.id}?x=%00").status_code == 200
+    metrics = Client().get("/metrics?x=%00", HTTP_AUTHORIZATION=f"Bearer {'m' * 32}")
+    assert metrics.status_code == 200

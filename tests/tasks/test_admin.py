@@ -298,6 +298,30 @@ def run_action(admin: Client, action: str, tasks: list[Task]) -> Any:
     )
 
 
+def test_an_action_on_ids_that_are_no_task_ids_ignores_them(admin, user):
+    """A selected id that is no UUID was a ValidationError from the pk__in filter: a 500."""
+    admin.raise_request_exception = False
+    queued = make_task(user)
+    response = admin.post(
+        CHANGELIST,
+        {"action": "cancel_tasks", "_selected_action": ["not-a-uuid", "\x00"], "index": 0},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert [level for level, _ in messages_of(response)] == [30]  # "Items must be selected"
+    queued.refresh_from_db()
+    assert queued.status == S.QUEUED
+
+    response = admin.post(
+        CHANGELIST,
+        {"action": "cancel_tasks", "_selected_action": ["not-a-uuid", str(queued.id)], "index": 0},
+        follow=True,
+    )
+    assert (25, "Cancelled 1 task(s).") in messages_of(response)
+    queued.refresh_from_db()
+    assert queued.status == S.CANCELLED
+
+
 def test_retry_action_requeues_failed_tasks_and_records_the_staff_user(
     admin, staff, user, broker: BrokerProbe, django_capture_on_commit_callbacks
 ):
@@ -373,6 +397,40 @@ def test_retry_action_refuses_a_queued_task_with_a_warning(admin, user):
     assert [level for level, _ in messages_of(response)] == [30]
     queued.refresh_from_db()
     assert queued.status == S.QUEUED
+
+
+# --- hostile query strings ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "type=%00",
+        "queue=%00",
+        "status__exact=%00",
+        "status=%00",
+        "owner__id__exact=%00",
+        "q=%00",
+        "q=abc%00def",
+        "o=%00",
+        "%00=1",
+    ],
+)
+def test_a_nul_character_in_the_query_string_is_400_not_500(admin, user, query):
+    """PostgreSQL cannot hold NUL: a filter or a search with one was a DataError or a ValueError
+    from the database layer (a 500)."""
+    admin.raise_request_exception = False
+    make_task(user)
+    response = admin.get(f"{CHANGELIST}?{query}")
+    assert response.status_code == 400, response.status_code
+    assert response.json()["error"]["code"] == "bad_request"
+
+
+def test_a_nul_character_is_refused_on_every_admin_page(admin):
+    admin.raise_request_exception = False
+    for path in ["/admin/", "/admin/accounts/user/", "/admin/dashboard/"]:
+        assert admin.get(f"{path}?q=%00").status_code == 400, path
+        assert admin.get(path).status_code == 200, path
 
 
 # --- beat's schedule, and who may come in -------------------------------------------------------
