@@ -7,5 +7,8 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
+        # Signal receivers: the cached user (authentication), the refresh tokens (signals); and
+        # the OpenAPI auth extension (schema).
         import apps.accounts.authentication
-        import apps.accounts.schema  # noqa: F401  (registers the OpenAPI auth extension)
+        import apps.accounts.schema
+        import apps.accounts.signals  # noqa: F401

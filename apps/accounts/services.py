@@ -3,6 +3,8 @@
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
@@ -44,3 +46,17 @@ def user_register(*, email: str, password: str) -> User:
             code="email_taken",
             fields={"email": ["A user with this email already exists."]},
         ) from exc
+
+
+def user_refresh_tokens_revoke(*, user_id: int) -> int:
+    """Blacklist every refresh token of the user that is still live: none of them refreshes again
+    (the access tokens issued with them work until they expire). Called when the user's password
+    changes or the user is deactivated (apps.accounts.signals). Returns how many were live."""
+    live = OutstandingToken.objects.filter(
+        user_id=user_id, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
+    ).order_by()
+    blacklisted = BlacklistedToken.objects.bulk_create(
+        [BlacklistedToken(token_id=pk) for pk in live.values_list("pk", flat=True)],
+        ignore_conflicts=True,  # one a concurrent logout or refresh blacklisted meanwhile
+    )
+    return len(blacklisted)

@@ -1,9 +1,12 @@
-"""Staff's view of users: the admin's user list and its actions."""
+"""Staff's view of users: the list, its actions, and a password or an account ended there."""
 
 from typing import Any
 
 import pytest
 from django.test import Client
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
+from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
 
@@ -43,3 +46,37 @@ def test_an_action_on_ids_that_are_no_user_ids_deletes_nobody(admin, user, selec
 def test_a_user_search_with_a_nul_character_is_400(admin, user):
     assert admin.get(CHANGELIST, {"q": "alice\x00"}).status_code == 400
     assert admin.get(CHANGELIST, {"q": "alice"}).status_code == 200
+
+
+def test_a_password_set_in_the_admin_ends_the_users_refresh_tokens(admin, user):
+    """The admin's "Reset password" form: a stolen refresh token no longer refreshes."""
+    stolen = str(RefreshToken.for_user(user))
+    response = admin.post(
+        f"{CHANGELIST}{user.id}/password/",
+        {"password1": "a-brand-new-password-4711", "password2": "a-brand-new-password-4711"},
+    )
+    assert response.status_code == 302, response.content[:2000]
+    user.refresh_from_db()
+    assert user.check_password("a-brand-new-password-4711")
+    refreshed = APIClient().post("/api/token/refresh", {"refresh": stolen}, format="json")
+    assert refreshed.status_code == 401
+    assert refreshed.json()["error"]["code"] == "token_not_valid"
+
+
+def test_a_user_deactivated_in_the_admin_loses_the_refresh_tokens(admin, user):
+    stolen = str(RefreshToken.for_user(user))
+    page = admin.get(f"{CHANGELIST}{user.id}/change/")
+    form = page.context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None}
+    data.update({"email": user.email, "is_active": "", "groups": []})
+    data.update(
+        {
+            "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        }
+    )
+    response = admin.post(f"{CHANGELIST}{user.id}/change/", data)
+    assert response.status_code == 302, response.content[:3000]
+    user.refresh_from_db()
+    assert not user.is_active
+    assert BlacklistedToken.objects.filter(token__token=stolen).exists()

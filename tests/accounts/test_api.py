@@ -248,12 +248,22 @@ def test_refresh_without_a_token_is_400():
     assert_error(response, 400, "validation_error", fields=("refresh",))
 
 
-def test_refresh_for_a_deactivated_user_is_401(user):
+@pytest.mark.parametrize(
+    ("deactivate", "code"),
+    [
+        ("save", "token_not_valid"),  # the deactivation blacklisted the user's refresh tokens
+        ("update", "authentication_failed"),  # no signal: refused for the inactive user
+    ],
+)
+def test_refresh_for_a_deactivated_user_is_401(user, deactivate, code):
     refresh = str(RefreshToken.for_user(user))
-    user.is_active = False
-    user.save(update_fields=["is_active"])
+    if deactivate == "save":
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    else:
+        User.objects.filter(pk=user.pk).update(is_active=False)
     response = APIClient().post("/api/token/refresh", {"refresh": refresh}, format="json")
-    assert_error(response, 401, "authentication_failed")
+    assert_error(response, 401, code)
 
 
 def test_refresh_for_a_deleted_user_is_401_not_500(user):

@@ -18,6 +18,7 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from apps.accounts.models import User
 from tests.security.support import (
     PASSWORD,
+    FastPBKDF2PasswordHasher,
     Route,
     alg_none_token,
     api_routes,
@@ -180,7 +181,7 @@ def test_a_deactivated_users_refresh_token_is_401_even_after_rotation(user):
     rotated = refresh(login()["refresh"]).json()["refresh"]
     user.is_active = False
     user.save(update_fields=["is_active"])
-    assert_error(refresh(rotated), 401, "authentication_failed")
+    assert_error(refresh(rotated), 401, "token_not_valid")  # blacklisted by the deactivation
 
 
 @pytest.mark.django_db(transaction=True)
@@ -192,3 +193,77 @@ def test_concurrent_refreshes_with_one_token_mint_one_successor():
     attempts = 8
     statuses = at_once(lambda: refresh(token).status_code, attempts)
     assert Counter(statuses) == {200: 1, 401: attempts - 1}
+
+
+# --- A password change or a deactivation ends the refresh tokens --------------------------------
+
+
+def test_a_password_change_ends_the_refresh_tokens_issued_before_it(user):
+    """Regression: a stolen refresh token kept rotating (7 days at a time) after the victim's
+    password was reset: nothing tied a token to the password."""
+    stolen, other_device = login()["refresh"], login()["refresh"]
+    rotated = refresh(login()["refresh"]).json()["refresh"]
+    user.set_password("a-brand-new-password-4711")
+    user.save()  # what the admin's password form and `manage.py changepassword` do
+    for token in (stolen, other_device, rotated):
+        assert_error(refresh(token), 401, "token_not_valid")
+    fresh = APIClient().post(
+        "/api/login",
+        {"email": user.email, "password": "a-brand-new-password-4711"},
+        format="json",
+    )
+    assert fresh.status_code == 200, fresh.content
+    assert refresh(fresh.json()["refresh"]).status_code == 200
+
+
+def test_access_tokens_issued_before_a_password_change_work_until_they_expire(user):
+    """As documented (docs/api.md): only refresh tokens are blacklisted."""
+    access = login()["access"]
+    user.set_password("a-brand-new-password-4711")
+    user.save(update_fields=["password"])
+    assert me(access).status_code == 200
+
+
+def test_an_unusable_password_ends_the_refresh_tokens_too(user):
+    token = login()["refresh"]
+    user.set_unusable_password()
+    user.save()
+    assert_error(refresh(token), 401, "token_not_valid")
+
+
+def test_a_deactivation_ends_the_refresh_tokens_for_good(user):
+    """Blacklisted, not only refused while inactive: reactivating the account does not bring the
+    sessions back."""
+    token = login()["refresh"]
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    assert_error(refresh(token), 401, "token_not_valid")
+
+
+def test_other_changes_to_the_user_keep_the_refresh_tokens(user):
+    token = login()["refresh"]
+    user.is_staff = True
+    user.save()
+    user.refresh_from_db()
+    user.save()  # the same password hash
+    User.objects.get(pk=user.pk).save(update_fields=["email"])
+    assert refresh(token).status_code == 200
+    # Only the one used, blacklisted by its rotation.
+    assert list(BlacklistedToken.objects.values_list("token__token", flat=True)) == [token]
+
+
+class SlowerPBKDF2PasswordHasher(FastPBKDF2PasswordHasher):
+    iterations = 2
+
+
+def test_a_hash_upgrade_at_login_is_no_password_change(user, settings):
+    """Django re-hashes the right password at a login when the hasher's iterations changed (each
+    Django release raises PBKDF2's): the same password, so the other devices stay logged in."""
+    other_device = login()["refresh"]
+    settings.PASSWORD_HASHERS = [f"{__name__}.SlowerPBKDF2PasswordHasher"]
+    before = User.objects.get(pk=user.pk).password
+    login()
+    assert User.objects.get(pk=user.pk).password != before  # upgraded
+    assert refresh(other_device).status_code == 200

@@ -1,0 +1,72 @@
+"""A password change or a deactivation ends the user's refresh tokens.
+
+A refresh token lives JWT_REFRESH_LIFETIME_SECONDS (7 days) and rotates: one stolen kept working
+after the victim's password was reset. Whatever path saves the user through the model (the
+admin's password form, `manage.py changepassword`, `user.set_password(); user.save()`), a new
+password hash or `is_active` turned off blacklists all the user's refresh tokens, in the same
+transaction (services.user_refresh_tokens_revoke). Access tokens are not blacklisted: they work
+until they expire (JWT_ACCESS_LIFETIME_SECONDS, 15 min), though a deactivated user's are refused
+at once (apps.accounts.authentication).
+
+Not a change of password: Django re-hashing the right password at a login, when the preferred
+hasher or its iteration count changed (every Django upgrade raises PBKDF2's); that would log every
+user out of every other device. A write that skips the model's signals (`QuerySet.update()`, SQL)
+revokes nothing.
+"""
+
+from typing import Any
+
+from django.contrib.auth.hashers import get_hasher, identify_hasher
+from django.db.models.signals import post_save, pre_save
+from django.dispatch import receiver
+
+from apps.accounts.models import User
+from apps.accounts.services import user_refresh_tokens_revoke
+
+_REVOKING_FIELDS = frozenset({"password", "is_active"})
+
+
+@receiver(pre_save, sender=User, dispatch_uid="accounts.note_revoking_change")
+def _note_revoking_change(
+    sender: type[User], instance: User, raw: bool, update_fields: Any, **kwargs: Any
+) -> None:
+    instance._revokes_refresh_tokens = False  # type: ignore[attr-defined]
+    if raw or instance._state.adding or instance.pk is None:
+        return
+    fields = _REVOKING_FIELDS if update_fields is None else _REVOKING_FIELDS & set(update_fields)
+    if not fields:
+        return  # a save of other columns only: no query
+    old = User.objects.filter(pk=instance.pk).values(*fields).first()
+    if old is None:
+        return
+    deactivated = "is_active" in fields and old["is_active"] and not instance.is_active
+    new_password = (
+        "password" in fields
+        and old["password"] != instance.password
+        and not _is_hash_upgrade(instance, old["password"], update_fields)
+    )
+    instance._revokes_refresh_tokens = bool(deactivated or new_password)  # type: ignore[attr-defined]
+
+
+@receiver(post_save, sender=User, dispatch_uid="accounts.revoke_refresh_tokens")
+def _revoke_refresh_tokens(sender: type[User], instance: User, **kwargs: Any) -> None:
+    if getattr(instance, "_revokes_refresh_tokens", False):
+        instance._revokes_refresh_tokens = False  # type: ignore[attr-defined]
+        user_refresh_tokens_revoke(user_id=instance.pk)
+
+
+def _is_hash_upgrade(user: User, old_hash: str, update_fields: Any) -> bool:
+    """Whether this save is Django's check_password storing the same password under the preferred
+    hasher: it saves the password alone, after set_password but with `_password` cleared
+    ("hash upgrades shouldn't be considered password changes"), and only for a hash that
+    check_password would upgrade."""
+    if getattr(user, "_password", None) is not None or update_fields is None:
+        return False
+    if set(update_fields) != {"password"}:
+        return False
+    try:
+        old_hasher = identify_hasher(old_hash)
+    except ValueError:  # unusable, or a hasher no longer configured
+        return False
+    preferred = get_hasher("default")
+    return old_hasher.algorithm != preferred.algorithm or preferred.must_update(old_hash)
