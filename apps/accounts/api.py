@@ -25,6 +25,7 @@ from rest_framework_simplejwt.views import (
     TokenRefreshView,
 )
 
+from apps.accounts.models import User
 from apps.accounts.services import user_register
 from apps.accounts.throttles import (
     LoginAccountThrottle,
@@ -84,6 +85,9 @@ class LoginView(TokenObtainPairView):
 # carries its successor. simplejwt checks the blacklist and then adds to it, so two concurrent
 # refreshes with one token both passed the check and both got a new token (a stolen token kept
 # working next to the owner's); the token's row is locked here for the check-and-blacklist.
+# The user's row is locked first, as a password change or a deactivation locks it by its UPDATE:
+# one committed meanwhile has blacklisted this token (apps.accounts.signals), and one after this
+# refresh commits finds its successor to blacklist (it was not yet there to find while this ran).
 @extend_schema_serializer(component_name="TokenRefresh")
 class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
@@ -91,6 +95,12 @@ class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
             with transaction.atomic():
                 token = self.token_class(attrs["refresh"])  # signature, expiry, token type
                 jti = token.payload.get(jwt_settings.JTI_CLAIM)
+                user_id = token.payload.get(jwt_settings.USER_ID_CLAIM)
+                if user_id is not None:
+                    # FOR NO KEY UPDATE: the lock of an UPDATE of the user; not FOR UPDATE, which
+                    # would also wait for the user's task creates (their foreign key's lock).
+                    user = User.objects.select_for_update(no_key=True).filter(pk=user_id)
+                    list(user.order_by().values_list("pk", flat=True))
                 # order_by(): the model's ordering joins the user table, which FOR UPDATE refuses.
                 locked = OutstandingToken.objects.select_for_update().filter(jti=jti).order_by()
                 list(locked.values_list("pk", flat=True))

@@ -5,12 +5,14 @@ tests/accounts/test_api.py covers each kind of bad token on /api/me; here the sa
 every authenticated route the URL resolver knows.
 """
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.db import connection, connections
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import RefreshToken
@@ -27,6 +29,7 @@ from tests.security.support import (
     wrong_signature_token,
 )
 from tests.support.concurrency import at_once
+from tests.support.wait import wait_for
 
 AUTHENTICATED = [route for route in api_routes() if not route.public]
 
@@ -267,3 +270,53 @@ def test_a_hash_upgrade_at_login_is_no_password_change(user, settings):
     login()
     assert User.objects.get(pk=user.pk).password != before  # upgraded
     assert refresh(other_device).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_change_during_a_refresh_ends_the_token_that_refresh_mints(monkeypatch):
+    """A refresh that has minted its successor but not committed yet, while the password changes:
+    the change waits for it (the refresh holds the user's row), then finds the successor and
+    blacklists it. Without that, the change's blacklisting missed the uncommitted successor."""
+    user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
+    stolen = str(RefreshToken.for_user(user))
+    real_outstand = RefreshToken.outstand
+    changed: list[BaseException | None] = []
+
+    def change_password() -> None:
+        try:
+            victim = User.objects.get(pk=user.pk)
+            victim.set_password("a-brand-new-password-4711")
+            victim.save()
+            changed.append(None)
+        except BaseException as exc:
+            changed.append(exc)
+        finally:
+            connections.close_all()
+
+    def outstand_then_let_the_password_change(self: RefreshToken) -> Any:
+        minted = real_outstand(self)
+        thread = threading.Thread(target=change_password)
+        thread.start()
+        with connection.cursor() as cursor:
+
+            def waits_on_a_lock() -> bool:
+                cursor.execute("SELECT pg_stat_clear_snapshot()")  # kept per transaction
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return bool(cursor.fetchone()[0]) or bool(changed)
+
+            wait_for(waits_on_a_lock, timeout=10, what="the password change to wait or end")
+        threads.append(thread)
+        return minted
+
+    threads: list[threading.Thread] = []
+    monkeypatch.setattr(RefreshToken, "outstand", outstand_then_let_the_password_change)
+    answer = refresh(stolen)
+    assert answer.status_code == 200, answer.content  # it came first
+    for thread in threads:
+        thread.join(timeout=30)
+    assert changed == [None]
+    monkeypatch.setattr(RefreshToken, "outstand", real_outstand)
+    assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
