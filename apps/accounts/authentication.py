@@ -7,10 +7,12 @@ user on every request was 18% of `POST /api/tasks` in `make bench` (docs/benchma
 cached entry is the user's row without its password hash, for AUTH_USER_CACHE_SECONDS. Saving or
 deleting a user (the admin, a service, `user.save()`, a cascade) drops the entry at once and again
 after the commit, so a deactivated or deleted user's token is refused on the next request as
-before. Only a write that bypasses the model's signals (`QuerySet.update()`, raw SQL) waits up to
-AUTH_USER_CACHE_SECONDS; and with Redis away every request reads PostgreSQL again (Redis is not
-asked for a while after it failed to answer: the rate limits' breaker). The cached user is read in
-the same round trip to Redis as the per-user rate count (apps.core.throttling).
+before; a request that read the row before the change committed does not cache it again (the
+user's generation, below). Only a write that bypasses the model's signals (`QuerySet.update()`,
+raw SQL) waits up to AUTH_USER_CACHE_SECONDS; and with Redis away every request reads PostgreSQL
+again (Redis is not asked for a while after it failed to answer: the rate limits' breaker). The
+cached user is read in the same round trip to Redis as the per-user rate count
+(apps.core.throttling); a miss costs two more (the generation, then the row cached if current).
 
 A verified access token is kept in the process (by its exact bytes) until it expires, so that a
 client's next requests skip decoding and verifying it again (an access token has no revocation
@@ -61,40 +63,122 @@ def _cache_client() -> Any:
 
 _NOT_READ: Any = object()
 
+# A user's generation: a counter in Redis that forget_user raises before it drops the cached row.
+# A request that missed the cache reads the generation before it reads the user from PostgreSQL,
+# and caches the row only if the generation is still the same (checked and set in one Lua script):
+# a row read before a change committed, and written after the change dropped the entry, would
+# otherwise be cached again for AUTH_USER_CACHE_SECONDS (a deactivated user let in).
+GENERATION_SECONDS = 24 * 3600  # kept far longer than a request takes between its two reads
+
+# KEYS[1]: the cached row's key, KEYS[2]: the generation's. ARGV: the generation read before the
+# database, the row (encoded by the cache), its time to live in seconds. 1 if cached, else 0.
+_CACHE_IF_CURRENT = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def _generation_key(user_id: Any) -> str:
+    return f"auth:user-generation:{user_id}"
+
+
+def _redis(client: Any) -> Any:
+    """django-redis' raw Redis client under the cache's `client`; None for another cache."""
+    get_client = getattr(client, "get_client", None)
+    return get_client(write=True) if get_client is not None else None
+
 
 def cached_user(user_id: Any, *, cached: Any = _NOT_READ) -> User | None:
     """The user with this id (None if there is none), from the cache when it has it. `cached`:
     the cache's value for the user, already read (UserRateThrottle.count_ahead)."""
     ttl = settings.AUTH_USER_CACHE_SECONDS
-    key = _cache_key(user_id)
     client = _cache_client() if ttl > 0 else None
+    generation: Any = None
     if client is not None:
-        values = cached
-        if values is _NOT_READ:
-            try:
-                values = client.get(key)
-            except Exception as exc:  # Redis away: PostgreSQL answers, and Redis is left alone
-                logger.debug("Cached user lookup failed: %s", exc)
-                breaker.trip()
-                client = None
-        if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
-            return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
+        try:
+            values = cached
+            if values is _NOT_READ:  # the row and the generation, in one round trip
+                values, generation = _read(client, user_id)
+            if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
+                return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
+            if generation is None:  # a miss in the throttle's pipeline (only the row is read)
+                generation = _read_generation(client, user_id)
+        except Exception as exc:  # Redis away: PostgreSQL answers, and Redis is left alone
+            logger.debug("Cached user lookup failed: %s", exc)
+            breaker.trip()
+            client = None
     user = User.objects.filter(pk=user_id).defer("password").first()
     if user is not None and client is not None:
         try:
-            client.set(key, tuple(getattr(user, name) for name in _CACHED_FIELDS), ttl)
+            row = tuple(getattr(user, name) for name in _CACHED_FIELDS)
+            _cache_if_current(client, user_id, generation, row, ttl)
         except Exception as exc:
             logger.debug("Caching a user failed: %s", exc)
             breaker.trip()
     return user
 
 
+def _read(client: Any, user_id: Any) -> tuple[Any, Any]:
+    """(the cached row or None, the user's generation)."""
+    key, generation_key = _cache_key(user_id), _generation_key(user_id)
+    redis = _redis(client)
+    if redis is None:
+        found = client.get_many([key, generation_key])
+        return found.get(key), found.get(generation_key, 0)
+    make_key = caches["default"].make_key
+    value, generation = redis.mget([make_key(key), make_key(generation_key)])
+    return (None if value is None else client.decode(value)), generation or b"0"
+
+
+def _read_generation(client: Any, user_id: Any) -> Any:
+    redis = _redis(client)
+    if redis is None:
+        return client.get(_generation_key(user_id), 0)
+    return redis.get(caches["default"].make_key(_generation_key(user_id))) or b"0"
+
+
+def _cache_if_current(client: Any, user_id: Any, generation: Any, row: tuple, ttl: int) -> None:
+    """Cache `row` unless the user's generation changed since it was `generation`."""
+    key, generation_key = _cache_key(user_id), _generation_key(user_id)
+    redis = _redis(client)
+    if redis is None:  # another cache: the same check, though not atomic with the set
+        if client.get(generation_key, 0) == generation:
+            client.set(key, row, ttl)
+        return
+    make_key = caches["default"].make_key
+    redis.register_script(_CACHE_IF_CURRENT)(  # EVALSHA (EVAL the first time)
+        keys=[make_key(key), make_key(generation_key)],
+        args=[generation, client.encode(row), ttl],
+    )
+
+
 def forget_user(user_id: Any) -> None:
-    """Drop the cached row now and after the current transaction commits (a request that read the
-    old row meanwhile may have cached it again)."""
-    key = _cache_key(user_id)
-    caches["default"].delete(key)
-    transaction.on_commit(lambda: caches["default"].delete(key))
+    """Drop the cached row now and after the current transaction commits, raising the user's
+    generation each time: a request that read the old row meanwhile does not cache it again."""
+    _forget(user_id)
+    transaction.on_commit(lambda: _forget(user_id))
+
+
+def _forget(user_id: Any) -> None:
+    cache = caches["default"]
+    key, generation_key = _cache_key(user_id), _generation_key(user_id)
+    try:
+        redis = _redis(getattr(cache, "client", None))
+        if redis is None:
+            cache.add(generation_key, 0, GENERATION_SECONDS)
+            cache.incr(generation_key)
+            cache.delete(key)
+            return
+        pipe = redis.pipeline(transaction=True)  # one round trip; the generation first
+        pipe.incr(cache.make_key(generation_key))
+        pipe.expire(cache.make_key(generation_key), GENERATION_SECONDS)
+        pipe.delete(cache.make_key(key))
+        pipe.execute()
+    except Exception as exc:  # Redis away: the entry, if any, expires within its time to live
+        logger.warning("Could not drop the cached user %s: %s", user_id, exc)
 
 
 @receiver(post_save, sender=User, dispatch_uid="accounts.forget_saved_user")

@@ -1,13 +1,15 @@
 """The user a JWT names comes from the cache (Redis), not a query per request; a change to the
 user (deactivated, deleted, demoted) is seen on the next request all the same."""
 
+import threading
 import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis.connection
 from django.core.cache import caches
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
@@ -62,6 +64,70 @@ def test_a_user_changed_after_the_cache_was_filled_is_refused_at_once(
     assert response.json()["error"]["code"] == expected
 
 
+def deactivate_in_another_connection(user_id: int) -> None:
+    """The admin deactivating the user: saved and committed, on a connection of its own."""
+
+    def deactivate() -> None:
+        try:
+            with transaction.atomic():
+                row = User.objects.get(pk=user_id)
+                row.is_active = False
+                row.save()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=deactivate)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/me", 200),  # the user's cache entry read in the throttle's pipeline (a miss)
+        (f"/api/monitoring/tasks/{uuid.uuid4()}", 403),  # read on its own (staff only)
+    ],
+)
+def test_a_deactivation_that_commits_while_a_request_reads_the_user_is_not_undone(
+    path: str, status: int
+):
+    """Regression: request R misses the cache and reads the user (active); the deactivation
+    commits, dropping the cache entry now and on commit; then R cached the row it had read. The
+    deactivated user's token worked for AUTH_USER_CACHE_SECONDS more, where the next request
+    must be a 401 (docs/reliability.md)."""
+    user = User.objects.create_user(email="alice@example.com", password="correct-horse-battery")
+    api = client_for(user)
+    interleaved: list[str] = []
+
+    def deactivate_after_the_user_is_read(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if 'FROM "accounts_user"' in sql and not interleaved:
+            interleaved.append(sql)
+            deactivate_in_another_connection(user.pk)  # between R's SELECT and its caching
+        return result
+
+    with connection.execute_wrapper(deactivate_after_the_user_is_read):
+        assert api.get(path).status_code == status  # R: the row it read was active
+    assert interleaved
+    assert not User.objects.get(pk=user.pk).is_active
+    response = api.get("/api/me")
+    assert response.status_code == 401, response.content
+    assert response.json()["error"]["code"] == "user_inactive"
+
+
+def test_a_request_after_a_change_caches_the_user_again(api: APIClient, user: User):
+    """The generation raised by the change is the one the next miss reads: it caches again."""
+    queries_of(api)
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    assert queries_of(api)[0].json()["is_staff"] is True  # read from PostgreSQL, and cached
+    second, sql = queries_of(api)
+    assert second.json()["is_staff"] is True
+    assert not [q for q in sql if "accounts_user" in q], sql
+
+
 def test_a_demoted_staff_user_loses_staff_rights_at_once(user: User):
     user.is_staff = True
     user.save(update_fields=["is_staff"])
@@ -89,6 +155,22 @@ def test_with_redis_away_the_user_is_read_from_postgresql(api: APIClient, user: 
     response, sql = queries_of(api)
     assert response.status_code == 200
     assert [q for q in sql if "accounts_user" in q]
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert api.get("/api/me").status_code == 401
+
+
+def test_with_another_cache_backend_the_user_is_cached_and_forgotten(user: User, settings):
+    """Not django-redis (no Lua): the same generation check, through the cache API."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    }
+    api = client_for(user)
+    assert queries_of(api)[0].status_code == 200
+    second, sql = queries_of(api)
+    assert second.status_code == 200
+    assert not [q for q in sql if "accounts_user" in q], sql
     user.is_active = False
     user.save(update_fields=["is_active"])
     assert api.get("/api/me").status_code == 401
@@ -131,6 +213,23 @@ def test_the_cached_user_is_read_with_the_rate_count(
     redis_gets.clear()
     assert [api.get(path).status_code for _ in range(3)] == [200, 200, 429]
     assert redis_gets == []
+
+
+def test_a_request_of_a_cached_user_is_one_round_trip_to_redis(
+    api: APIClient, user: User, monkeypatch: Any
+):
+    """docs/benchmarks.md A8: the cached user and the rate count, one round trip; nothing more."""
+    assert api.get("/api/me").status_code == 200  # caches the user
+    sent: list[Any] = []
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(command)
+        return real_send(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+    assert api.get("/api/me").status_code == 200
+    assert len(sent) == 1, sent
 
 
 def test_a_view_for_staff_only_reads_the_user_by_itself(user: User, settings: Any):
