@@ -85,9 +85,10 @@ class LoginView(TokenObtainPairView):
 # carries its successor. simplejwt checks the blacklist and then adds to it, so two concurrent
 # refreshes with one token both passed the check and both got a new token (a stolen token kept
 # working next to the owner's); the token's row is locked here for the check-and-blacklist.
-# The user's row is locked first, as a password change or a deactivation locks it by its UPDATE:
-# one committed meanwhile has blacklisted this token (apps.accounts.signals), and one after this
-# refresh commits finds its successor to blacklist (it was not yet there to find while this ran).
+# The user's row is locked first, as the blacklisting after a password change or a deactivation
+# locks it (services.user_refresh_tokens_revoke): one done meanwhile has blacklisted this token,
+# and one that comes after this refresh commits finds its successor to blacklist (a row not yet
+# committed while it looked).
 @extend_schema_serializer(component_name="TokenRefresh")
 class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:

@@ -48,10 +48,18 @@ def user_register(*, email: str, password: str) -> User:
         ) from exc
 
 
+@transaction.atomic
 def user_refresh_tokens_revoke(*, user_id: int) -> int:
     """Blacklist every refresh token of the user that is still live: none of them refreshes again
     (the access tokens issued with them work until they expire). Called when the user's password
-    changes or the user is deactivated (apps.accounts.signals). Returns how many were live."""
+    changes or the user is deactivated (apps.accounts.signals). Returns how many were live.
+
+    The user's row is locked first, as a refresh locks it (apps.accounts.api): a refresh under way
+    commits its new token before the tokens are read here, and a later one finds its token
+    blacklisted. Within the transaction of the save that changed the user, the lock is held
+    already (by its UPDATE)."""
+    locked = User.objects.select_for_update(no_key=True).filter(pk=user_id).order_by()
+    list(locked.values_list("pk", flat=True))
     live = OutstandingToken.objects.filter(
         user_id=user_id, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
     ).order_by()

@@ -18,6 +18,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
+from apps.accounts.services import user_refresh_tokens_revoke
 from tests.security.support import (
     PASSWORD,
     FastPBKDF2PasswordHasher,
@@ -272,51 +273,80 @@ def test_a_hash_upgrade_at_login_is_no_password_change(user, settings):
     assert refresh(other_device).status_code == 200
 
 
+def refresh_running_this_meanwhile(
+    monkeypatch: Any, token: str, action: Callable[[], object]
+) -> Any:
+    """Refresh `token`; once the refresh has minted its successor, and before it commits, start
+    `action` in another thread, on a connection of its own, and let the refresh go on when the
+    action waits on a lock or has ended. The refresh's answer."""
+    real_outstand = RefreshToken.outstand
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+            ended.append(None)
+        except BaseException as exc:
+            ended.append(exc)
+        finally:
+            connections.close_all()
+
+    def waits_on_a_lock() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else kept for the transaction
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = cursor.fetchone()
+        return bool(row and row[0]) or bool(ended)
+
+    thread = threading.Thread(target=run)
+
+    def outstand_then_act(self: RefreshToken) -> Any:
+        minted = real_outstand(self)
+        thread.start()
+        wait_for(waits_on_a_lock, timeout=10, what="the action to wait on a lock or end")
+        return minted
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefreshToken, "outstand", outstand_then_act)
+        answer = refresh(token)
+    thread.join(timeout=30)
+    assert ended == [None], ended
+    return answer
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_password_change_during_a_refresh_ends_the_token_that_refresh_mints(monkeypatch):
     """A refresh that has minted its successor but not committed yet, while the password changes:
     the change waits for it (the refresh holds the user's row), then finds the successor and
-    blacklists it. Without that, the change's blacklisting missed the uncommitted successor."""
+    blacklists it. Without that, the blacklisting missed the uncommitted successor."""
     user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
-    stolen = str(RefreshToken.for_user(user))
-    real_outstand = RefreshToken.outstand
-    changed: list[BaseException | None] = []
 
     def change_password() -> None:
-        try:
-            victim = User.objects.get(pk=user.pk)
-            victim.set_password("a-brand-new-password-4711")
-            victim.save()
-            changed.append(None)
-        except BaseException as exc:
-            changed.append(exc)
-        finally:
-            connections.close_all()
+        victim = User.objects.get(pk=user.pk)
+        victim.set_password("a-brand-new-password-4711")
+        victim.save()
 
-    def outstand_then_let_the_password_change(self: RefreshToken) -> Any:
-        minted = real_outstand(self)
-        thread = threading.Thread(target=change_password)
-        thread.start()
-        with connection.cursor() as cursor:
-
-            def waits_on_a_lock() -> bool:
-                cursor.execute("SELECT pg_stat_clear_snapshot()")  # kept per transaction
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return bool(cursor.fetchone()[0]) or bool(changed)
-
-            wait_for(waits_on_a_lock, timeout=10, what="the password change to wait or end")
-        threads.append(thread)
-        return minted
-
-    threads: list[threading.Thread] = []
-    monkeypatch.setattr(RefreshToken, "outstand", outstand_then_let_the_password_change)
-    answer = refresh(stolen)
+    stolen = str(RefreshToken.for_user(user))
+    answer = refresh_running_this_meanwhile(monkeypatch, stolen, change_password)
     assert answer.status_code == 200, answer.content  # it came first
-    for thread in threads:
-        thread.join(timeout=30)
-    assert changed == [None]
-    monkeypatch.setattr(RefreshToken, "outstand", real_outstand)
+    assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_blacklisting_waits_for_a_refresh_under_way_even_after_the_change_committed(
+    monkeypatch,
+):
+    """Outside a transaction the password's UPDATE commits before the blacklisting: a refresh can
+    start in between. The blacklisting locks the user's row too, so it still sees that refresh's
+    successor."""
+    user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
+    token = str(RefreshToken.for_user(user))
+
+    answer = refresh_running_this_meanwhile(
+        monkeypatch, token, lambda: user_refresh_tokens_revoke(user_id=user.pk)
+    )
+    assert answer.status_code == 200, answer.content
     assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
