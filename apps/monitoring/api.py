@@ -228,11 +228,23 @@ class StaffTaskDetailApi(APIView):
         return Response(StaffTaskOutputSerializer(_any_task(task_id)).data)
 
 
+class CanOperateTasks(IsAdminUser):
+    """Staff with the task model's change permission: whom the admin lets run its retry and
+    cancel actions (TaskAdmin.has_operate_permission), so that the dashboard's button is no
+    wider a door than the admin's."""
+
+    message = "Retrying a task needs the permission to change tasks (tasks.change_task)."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return super().has_permission(request, view) and request.user.has_perm("tasks.change_task")
+
+
 @extend_schema(parameters=[TASK_ID_PARAMETER])
 class StaffTaskRetryApi(APIView):
-    """Staff: retry any user's failed or cancelled task (the dashboard's retry button)."""
+    """Staff allowed to change tasks: retry any user's failed or cancelled task (the dashboard's
+    retry button)."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanOperateTasks]
 
     @extend_schema(
         operation_id="monitoring_task_retry", request=None, responses={200: TaskOutputSerializer}

@@ -3,6 +3,7 @@
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.db import connection
 from django.test import Client
@@ -22,9 +23,12 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(db: Any) -> User:
-    return User.objects.create_user(
+    """Staff who may operate tasks (retry, cancel), as the admin's actions require."""
+    user = User.objects.create_user(
         email="ops@example.com", password="correct-horse-battery", is_staff=True
     )
+    user.user_permissions.add(Permission.objects.get(codename="change_task"))
+    return user
 
 
 @pytest.fixture
@@ -160,6 +164,21 @@ def test_staff_find_and_retry_anyones_task(staff_api, api, user):
     again = staff_api.post(f"/api/monitoring/tasks/{task.id}/retry")
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "task_not_retryable"
+
+
+def test_retrying_needs_the_permission_the_admin_asks_for_its_actions(user):
+    # Staff without tasks.change_task may look a task up, but not retry it: the admin does not
+    # offer them its retry action either.
+    viewer = User.objects.create_user(email="viewer@example.com", is_staff=True)
+    viewer_api = client_for(viewer)
+    task = create_task(user, "test_permanent", {})
+    deliver(task)
+    assert viewer_api.get(f"/api/monitoring/tasks/{task.id}").status_code == 200
+    refused = viewer_api.post(f"/api/monitoring/tasks/{task.id}/retry")
+    assert refused.status_code == 403
+    assert "tasks.change_task" in refused.json()["error"]["message"]
+    task.refresh_from_db()
+    assert task.status == "failed"
 
 
 def test_the_staff_task_endpoints_are_for_staff(api, staff_api, user):

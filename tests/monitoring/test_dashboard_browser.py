@@ -104,8 +104,9 @@ def test_staff_watch_a_task_finish_and_retry_a_failure_from_the_dashboard(
 ) -> None:
     base = live_server.url
     ops = User.objects.create_user(email="ops@example.com", password=PASSWORD, is_staff=True)
-    # The dashboard needs is_staff only; the admin's task pages need the view permission.
-    ops.user_permissions.add(Permission.objects.get(codename="view_task"))
+    # The dashboard needs is_staff only; the admin's task pages need the view permission, and
+    # retrying (here or in the admin) the change permission.
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_task", "change_task"]))
     User.objects.create_user(email="alice@example.com", password=PASSWORD)
 
     # Log in through the admin's form; it sends us on to the dashboard.

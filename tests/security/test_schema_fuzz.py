@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from django.contrib.auth.models import Permission
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from drf_spectacular.generators import SchemaGenerator
@@ -89,6 +90,7 @@ def call(path: str, method: str, headers: dict[str, str], expect: int, **case: A
 @pytest.fixture
 def staff_bearer(bearer: dict[str, str]) -> dict[str, str]:
     staff = User.objects.create_user(email="staff@example.com", password=PASSWORD, is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="change_task"))  # to retry
     return {"Authorization": f"Bearer {RefreshToken.for_user(staff).access_token}"}
 
 
