@@ -131,6 +131,16 @@ def test_something_that_is_not_an_image_fails_at_once(user):
     assert "notes.png is not an image format Pillow can read" in task.error
 
 
+@pytest.mark.parametrize("image_format", ["PPM", "TGA", "PCX"])
+def test_a_format_pillow_knows_but_is_not_let_to_read_fails_at_once(user, image_format):
+    # Pillow reads dozens of formats (EPS through Ghostscript, where installed): only the common,
+    # well-kept ones are opened.
+    task = process(user, make_image(image_format), "picture.img", blur=1)
+    assert task.status == S.FAILED
+    assert task.attempts == 1
+    assert "picture.img is not an image format Pillow can read here (PNG, JPEG" in task.error
+
+
 def test_a_decompression_bomb_is_refused(user):
     task = process(user, bomb_png(), "bomb.png", blur=1)
     assert task.status == S.FAILED

@@ -37,6 +37,9 @@ OPERATIONS = (
 PERCENTAGES = frozenset({"contrast", "brightness", "saturation"})  # 0 means "no change"
 JPEG_QUALITY = 90
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+# The formats Pillow is let to read. Not every format it knows: some hand the file to another
+# program (EPS to Ghostscript, where installed) or are rarely decoded and little hardened.
+READ_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
 
 
 class ProcessImagePayload(serializers.Serializer):
@@ -138,7 +141,7 @@ def load_image(data: bytes, name: str) -> tuple[Image.Image, str]:
     """The first frame, decoded; PermanentError for what is not a (safe) image."""
     limit = settings.IMAGE_MAX_PIXELS
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=READ_FORMATS)
         image_format = image.format or ""
         width, height = image.size
         if width * height > limit:
@@ -150,7 +153,9 @@ def load_image(data: bytes, name: str) -> tuple[Image.Image, str]:
     except Image.DecompressionBombError as exc:
         raise PermanentError(f"{name} is refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise PermanentError(f"{name} is not an image format Pillow can read.") from exc
+        raise PermanentError(
+            f"{name} is not an image format Pillow can read here ({', '.join(READ_FORMATS)})."
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise PermanentError(f"{name} is a corrupt or truncated image: {exc}") from exc
     return image, image_format
