@@ -307,6 +307,10 @@ def read_body(
     inflater = _inflater_for(guarded)
     received = 0
 
+    def in_time() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded(f"{guarded.url}: the download took too long.")
+
     def checked(chunk: bytes) -> bytes:
         nonlocal received
         received += len(chunk)
@@ -314,12 +318,14 @@ def read_body(
             raise BodyTooLarge(
                 f"{guarded.url}: the response passed the limit of {max_bytes} bytes."
             )
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded(f"{guarded.url}: the download took too long.")
+        in_time()
         return chunk
 
     try:
         for raw in response.iter_raw():  # as they arrive (a chunk size would wait to fill it)
+            # For every chunk received, not only those that inflate to something: a compressed
+            # stream can trickle in bytes that produce nothing (an endless gzip file name).
+            in_time()
             if inflater is None:
                 yield checked(raw)
                 continue

@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import time
 import tracemalloc
 
 import pytest
@@ -221,3 +222,13 @@ def test_the_limit_holds_while_a_compressed_body_is_inflated(web):
     finally:
         tracemalloc.stop()
     assert peak < 8 * limit, f"{peak / limit:.0f} MiB held to keep to a 1 MiB limit"
+
+
+def test_the_deadline_holds_while_a_compressed_body_inflates_to_nothing(web):
+    # A gzip header whose file name never ends: bytes keep coming, none inflate to output.
+    with (
+        net.guarded_request("GET", web.url("/gzip-trickle"), timeout=5) as got,
+        pytest.raises(net.DeadlineExceeded),
+    ):
+        for _ in net.read_body(got, max_bytes=10**6, deadline=time.monotonic() + 1):
+            pass

@@ -11,6 +11,8 @@
 /declared-huge     declares Content-Length of 10**12 bytes
 /endless           no Content-Length; streams until the client hangs up
 /echo              JSON: the request's method, path and headers
+/gzip-trickle      a gzip stream whose header's file name never ends, a few bytes every 0.1 s
+                   (it inflates to nothing)
 /encoded/ENC/N     `body_of(N)` compressed as ENC (Content-Encoding: ENC): gzip, deflate (zlib),
                    raw-deflate (marked deflate), gzip,gzip (two layers), corrupt-gzip, or br
                    (marked br, not really compressed)
@@ -159,6 +161,17 @@ class _Handler(BaseHTTPRequestHandler):
                     if self.server.release.is_set():
                         break
                     self.wfile.write(CHUNK)
+            elif head == "gzip-trickle":
+                self.send_response(200)
+                self.send_header("Content-Encoding", "gzip")
+                self.end_headers()
+                # Magic, deflate, FNAME flag, mtime, xfl, os; then the name, never terminated.
+                self.wfile.write(b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff")
+                for _ in range(900):
+                    self.wfile.write(b"name" * 64)
+                    self.wfile.flush()
+                    if self.server.release.wait(timeout=0.1):
+                        break
             elif head == "encoded":
                 header, body = encoded(parts[1], int(parts[2]))
                 self._send(200, body, send_body, Content_Encoding=header)
