@@ -97,19 +97,23 @@ def cached_user(user_id: Any, *, cached: Any = _NOT_READ) -> User | None:
     ttl = settings.AUTH_USER_CACHE_SECONDS
     client = _cache_client() if ttl > 0 else None
     generation: Any = None
+    values: Any = None
     if client is not None:
         try:
             values = cached
             if values is _NOT_READ:  # the row and the generation, in one round trip
                 values, generation = _read(client, user_id)
-            if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
-                return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
-            if generation is None:  # a miss in the throttle's pipeline (only the row is read)
+            hit = isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS)
+            if not hit and generation is None:  # a miss in the throttle's pipeline (row only)
                 generation = _read_generation(client, user_id)
         except Exception as exc:  # Redis away: PostgreSQL answers, and Redis is left alone
             logger.debug("Cached user lookup failed: %s", exc)
             breaker.trip()
             client = None
+            values = None
+    # Outside the try: only Redis' failures trip the breaker.
+    if isinstance(values, tuple) and len(values) == len(_CACHED_FIELDS):
+        return User.from_db(DEFAULT_DB_ALIAS, list(_CACHED_FIELDS), list(values))
     user = User.objects.filter(pk=user_id).defer("password").first()
     if user is not None and client is not None:
         try:
