@@ -111,6 +111,14 @@ def declare_topology_on_worker_start(sender: Any, **kwargs: Any) -> None:
 
 
 @beat_init.connect
+def exit_surely_on_beat_term(sender: Any, **kwargs: Any) -> None:
+    # beat installed its SIGTERM handler just before it sends beat_init.
+    from taskflow.startup import exit_even_if_a_finalizer_swallows_it
+
+    exit_even_if_a_finalizer_swallows_it()
+
+
+@beat_init.connect
 def ensure_release_schedule_on_beat_start(sender: Any, **kwargs: Any) -> None:
     # The schedule follows RELEASE_INTERVAL_MS whatever the database held before.
     from apps.tasks.schedules import ensure_release_schedule

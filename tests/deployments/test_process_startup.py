@@ -68,3 +68,57 @@ def test_gunicorn_worker_exit_in_the_arbiter_does_nothing():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+# beat's own handler (celery.apps.beat: save the schedule, raise SystemExit), wrapped as the
+# beat_init receiver wraps it; SIGTERM then falls while a finalizer runs, which swallows the
+# SystemExit. The process must exit all the same.
+FINALIZER_PROBE = """
+import os, signal, sys, time
+sys.path.insert(0, os.getcwd())
+from taskflow.startup import exit_even_if_a_finalizer_swallows_it
+
+def beats_handler(signum, frame):
+    raise SystemExit()
+
+signal.signal(signal.SIGTERM, beats_handler)
+if sys.argv[1] == "wrapped":
+    exit_even_if_a_finalizer_swallows_it()
+
+class Collected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in here: its exit is dropped
+        for _ in range(1000):
+            pass
+
+Collected()
+print("still running", flush=True)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+print("ran to the end", flush=True)
+"""
+
+
+def _finalizer_probe(mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", FINALIZER_PROBE, mode],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_term_a_finalizer_swallowed_still_ends_beat():
+    # Without the wrapper the exit is lost (the probe shows the scenario is real) ...
+    lost = _finalizer_probe("bare")
+    assert "Exception ignored" in lost.stderr
+    assert "ran to the end" in lost.stdout
+    # ... with it, the process exits a moment later, with status 0.
+    done = _finalizer_probe("wrapped")
+    assert "Exception ignored" in done.stderr
+    assert "still running" in done.stdout
+    assert "ran to the end" not in done.stdout
+    assert done.returncode == 0, done.stderr

@@ -66,14 +66,15 @@ def test_sigterm_to_beat_and_the_dead_letter_consumer_under_load_loses_nothing(u
     )
     bad = [create_task(user, "test_permanent", {"n": n}) for n in range(30)]
     with processes.running("worker", WORKER_CONCURRENCY="2"):
-        beat = processes.start("beat", env=env)
-        dead = processes.start("deadletters", env=env)
-        wait_for(
-            lambda: Task.objects.filter(dead_lettered_at__isnull=False).exists(),
-            what="some dead letters recorded",
-        )
-        assert beat.stop() == 0
-        assert dead.stop() == 0
+        first = {name: processes.start(name, env=env) for name in ("beat", "deadletters")}
+        try:
+            wait_for(
+                lambda: Task.objects.filter(dead_lettered_at__isnull=False).exists(),
+                what="some dead letters recorded",
+            )
+        finally:  # stopped whatever happens: a consumer left running takes later tests' letters
+            exits = processes.stop_all(first)
+        assert exits == {"beat": 0, "deadletters": 0}
         beat = processes.start("beat", env=env)
         dead = processes.start("deadletters", env=env)
         try:
