@@ -20,6 +20,7 @@ import tests.support.handlers  # noqa: F401  (registers the test-only task types
 from apps.accounts.models import User
 from apps.core.throttling import breaker
 from tests.support.broker import BrokerProbe, use_broker
+from tests.support.processes import stop_leftovers
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -37,6 +38,9 @@ def rabbitmq_vhost() -> Iterator[str]:
     try:
         yield url
     finally:
+        left = stop_leftovers()
+        if left:
+            print(f"\nStopped processes that tests left running: {', '.join(left)}")
         use_broker(url)  # closes every connection before the vhost goes
         _rabbitmqctl("delete_vhost", vhost)
 

@@ -222,3 +222,16 @@ def _status(http: httpx.Client, url: str) -> int:
         return http.get(url).status_code
     except httpx.TransportError:
         return 0
+
+
+def test_a_process_a_test_leaves_running_is_stopped_at_the_end_of_the_run():
+    # What the session's last teardown does (tests/conftest.py), on a process of this test only.
+    left = processes.Process("left-running", "sleep 300", processes.test_environment())
+    assert left.returncode is None
+    assert processes._not_stopped[id(left)] is left
+    named = [
+        name for name in processes.stop_leftovers() if name == "left-running"
+    ]  # (a process another test left would be stopped and named too)
+    assert named == ["left-running"]
+    assert left.returncode is not None
+    assert id(left) not in processes._not_stopped

@@ -76,6 +76,22 @@ def test_environment(**overrides: str) -> dict[str, str]:
     return env
 
 
+# Every process a test started and has not stopped: what the session stops at its end.
+_not_stopped: dict[int, "Process"] = {}
+
+
+def stop_leftovers() -> list[str]:
+    """Stop what tests started and left running (a test that failed before its own stop); their
+    names. Else such a process outlives the run: a dead-letter consumer left so took the next
+    tests' dead letters, and kept the test database open into the next run."""
+    names = []
+    for process in list(_not_stopped.values()):
+        if process.returncode is None:
+            names.append(process.name)
+        process.stop(timeout=5)
+    return names
+
+
 class Process:
     def __init__(self, name: str, command: str, env: dict[str, str]) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -94,6 +110,7 @@ class Process:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _not_stopped[id(self)] = self
 
     @property
     def pid(self) -> int:
@@ -144,6 +161,7 @@ class Process:
         self.kill_group()  # leftovers of the group, if any
         if not self._log.closed:
             self._log.close()
+        _not_stopped.pop(id(self), None)
         return self.popen.returncode
 
 
