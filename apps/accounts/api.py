@@ -25,8 +25,7 @@ from rest_framework_simplejwt.views import (
     TokenRefreshView,
 )
 
-from apps.accounts.models import User
-from apps.accounts.services import user_register
+from apps.accounts.services import user_lock, user_register
 from apps.accounts.throttles import (
     LoginAccountThrottle,
     LoginAddressThrottle,
@@ -98,10 +97,7 @@ class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
                 jti = token.payload.get(jwt_settings.JTI_CLAIM)
                 user_id = token.payload.get(jwt_settings.USER_ID_CLAIM)
                 if user_id is not None:
-                    # FOR NO KEY UPDATE: the lock of an UPDATE of the user; not FOR UPDATE, which
-                    # would also wait for the user's task creates (their foreign key's lock).
-                    user = User.objects.select_for_update(no_key=True).filter(pk=user_id)
-                    list(user.order_by().values_list("pk", flat=True))
+                    user_lock(user_id=user_id)
                 # order_by(): the model's ordering joins the user table, which FOR UPDATE refuses.
                 locked = OutstandingToken.objects.select_for_update().filter(jti=jti).order_by()
                 list(locked.values_list("pk", flat=True))

@@ -1,5 +1,7 @@
 """Account writes."""
 
+from typing import Any
+
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -48,6 +50,15 @@ def user_register(*, email: str, password: str) -> User:
         ) from exc
 
 
+def user_lock(*, user_id: Any) -> None:
+    """Lock the user's row until the caller's transaction ends: what a token refresh and the
+    revocation of the user's refresh tokens both take first, so that neither misses the other's
+    token. FOR NO KEY UPDATE, the lock of an UPDATE of the user; not FOR UPDATE, which would also
+    wait for the user's task creates (their foreign key's lock)."""
+    locked = User.objects.select_for_update(no_key=True).filter(pk=user_id).order_by()
+    list(locked.values_list("pk", flat=True))
+
+
 @transaction.atomic
 def user_refresh_tokens_revoke(*, user_id: int) -> int:
     """Blacklist every refresh token of the user that is still live: none of them refreshes again
@@ -58,8 +69,7 @@ def user_refresh_tokens_revoke(*, user_id: int) -> int:
     commits its new token before the tokens are read here, and a later one finds its token
     blacklisted. Within the transaction of the save that changed the user, the lock is held
     already (by its UPDATE)."""
-    locked = User.objects.select_for_update(no_key=True).filter(pk=user_id).order_by()
-    list(locked.values_list("pk", flat=True))
+    user_lock(user_id=user_id)
     live = OutstandingToken.objects.filter(
         user_id=user_id, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
     ).order_by()

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from apps.core.api import StrictInputSerializer
 from apps.core.exceptions import ApplicationError
 from apps.core.parsers import FormParser, MultiPartParser
+from apps.core.text import ascii_digits
 from apps.files import selectors, services
 from apps.files.models import UserFile
 from apps.tasks.api import TaskCursorPagination
@@ -45,7 +46,7 @@ def _declared_length(request: Request) -> int:
     """The Content-Length header's bytes; a 400 if it is not a number (int() of it was a 500:
     gunicorn refuses such a request itself, the test client and other servers may not)."""
     value = request.META.get("CONTENT_LENGTH") or "0"
-    if not (value.isascii() and value.isdigit()):
+    if not ascii_digits(value):
         raise ApplicationError(
             "Malformed request: the Content-Length header must be a number of bytes.",
             code="malformed_request",

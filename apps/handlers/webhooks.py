@@ -29,6 +29,7 @@ from jsonschema.validators import validator_for
 from rest_framework import serializers
 
 from apps.core.parsers import json_problem
+from apps.core.text import ascii_digits
 from apps.handlers import net
 from apps.handlers.context import TaskContext
 from apps.handlers.errors import PermanentError, RetryableError
@@ -160,7 +161,7 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
     if not value:
         return None
     value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() is also true of "²", "٣", …
+    if ascii_digits(value):
         return min(float(value), MAX_RETRY_AFTER_SECONDS)
     try:
         when = email.utils.parsedate_to_datetime(value)

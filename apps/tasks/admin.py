@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
+from apps.core.text import ascii_digits
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
@@ -141,9 +142,7 @@ class OwnerFilter(admin.SimpleListFilter):
 
 
 def _is_user_id(value: str) -> bool:
-    # ASCII digits only: "²".isdigit() is true and int() refuses it; int() reads a fullwidth
-    # or an Arabic-Indic "1" as 1.
-    return value.isascii() and value.isdigit()
+    return ascii_digits(value)
 
 
 class TaskChangeList(ChangeList):

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from apps.core.api import JSONValueField, StrictInputSerializer
 from apps.core.exceptions import ApplicationError, validation_summary
+from apps.core.text import ascii_digits
 from apps.handlers.registry import task_types
 from apps.tasks import selectors, services
 from apps.tasks.models import Task
@@ -205,7 +206,7 @@ class TaskCursorPagination(CursorPagination):
         value = request.query_params.get(name, "")
         if value == "":
             return self.page_size
-        if value.isascii() and value.isdigit() and len(value) <= 10:
+        if ascii_digits(value, max_length=10):
             size = int(value)
             if 1 <= size <= self.max_page_size:
                 return size

@@ -9,7 +9,6 @@ task and ack.
 
 import json
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,18 +16,11 @@ from django.db import InterfaceError, OperationalError, close_old_connections
 from kombu import Connection, Consumer, Message
 from kombu.mixins import ConsumerMixin
 
+from apps.core.text import are_uuids
 from apps.tasks import services
 from apps.tasks.queues import dead_letter_queue
 
 logger = logging.getLogger(__name__)
-
-
-def _is_uuid(value: Any) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
 
 
 def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any]]:
@@ -55,7 +47,7 @@ def parse_dead_letters(body: Any, headers: dict[str, Any]) -> list[dict[str, Any
     ours = [
         (task_id, dispatch_id)
         for task_id, dispatch_id in pairs
-        if _is_uuid(task_id) and (not dispatch_id or _is_uuid(dispatch_id))
+        if are_uuids(task_id) and (not dispatch_id or are_uuids(dispatch_id))
     ]
     if len(ours) < len(pairs):
         logger.warning(

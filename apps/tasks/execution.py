@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.logging import bind_log_context
+from apps.core.text import are_uuids
 from apps.handlers import limits
 from apps.handlers.context import TaskContext
 from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
@@ -234,7 +235,7 @@ def _run_batch(
     wellformed: dict[str, str] = {}
     dropped: list[tuple[str, str, DeliveryOutcome]] = []
     for task_id, dispatch_id in pairs:
-        if _are_uuids(task_id, dispatch_id):
+        if are_uuids(task_id, dispatch_id):
             wellformed.setdefault(task_id, dispatch_id)  # a task once, with its first dispatch
         else:
             dropped.append((task_id, dispatch_id, DeliveryOutcome("dropped", note="malformed ids")))
@@ -245,15 +246,6 @@ def _run_batch(
         worker=worker,
         time_limit=time_limit,
     )
-
-
-def _are_uuids(*texts: str) -> bool:
-    try:
-        for text in texts:
-            uuid.UUID(text)
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
 
 
 def _run_pairs(
