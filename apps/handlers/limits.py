@@ -15,7 +15,9 @@ them). The running rows are the truth, so a crashed worker never leaks a slot: i
 counting when its lost attempt is settled (redelivery or the lease reaper).
 
 A task held back by a limit is not failed and uses no retry: it goes back to wait (`postponed`,
-with a history note "held: ...") and the releaser queues it again after a short hold.
+with a history note "held: ..."). Held by the rate limit, the releaser queues it again at its
+turn; held by the concurrency limit, it waits in its type's line until a slot frees
+(apps.tasks.slots).
 """
 
 import logging
@@ -33,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 # The first key of the two-key advisory lock: keeps our locks apart from anyone else's.
 ADVISORY_LOCK_NAMESPACE = 0x7466  # "tf"
-# A task held by the concurrency limit comes back after about this long (jittered, 0.5x..1.5x).
-CONCURRENCY_HOLD_SECONDS = 1.0
 # After Redis failed to answer, rate limits are not checked (fail open) for this long.
 FAIL_OPEN_SECONDS = 5.0
 
@@ -121,10 +121,6 @@ def rate_hold_seconds(spec: TaskTypeSpec, wait: float) -> float:
     assert spec.rate_limit is not None
     spread = min(float(spec.rate_limit.period_seconds), 4 * spec.rate_limit.interval_seconds)
     return wait + random.uniform(0, spread)
-
-
-def concurrency_hold_seconds() -> float:
-    return CONCURRENCY_HOLD_SECONDS * random.uniform(0.5, 1.5)
 
 
 def rate_limits_enforced() -> bool:

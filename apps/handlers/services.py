@@ -63,14 +63,18 @@ def task_type_set_enabled(*, task_type: TaskType, enabled: bool) -> TaskType:
 
 def task_type_release_held(*, name: str) -> int:
     """Make the tasks held for a disabled type due now. Held tasks are the only `postponed` ones
-    without a run_at (apps.tasks.execution holds them so); the releaser queues them. A data
+    without a run_at (apps.tasks.execution holds them so) besides those waiting for a slot of the
+    concurrency limit; the releaser queues them. A data
     change, not a status change, so not through transitions.transition: the release is."""
     from apps.tasks.models import Task
     from apps.tasks.states import TaskStatus
 
-    return Task.objects.filter(type=name, status=TaskStatus.POSTPONED, run_at__isnull=True).update(
-        run_at=timezone.now()
-    )
+    return Task.objects.filter(
+        type=name,
+        status=TaskStatus.POSTPONED,
+        run_at__isnull=True,
+        waiting_for_slot_since__isnull=True,  # those wait for a slot (apps.tasks.slots)
+    ).update(run_at=timezone.now())
 
 
 def type_disabled_for_hold(name: str) -> bool:

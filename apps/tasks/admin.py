@@ -269,6 +269,7 @@ class TaskAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
         "retries",
         "attempts",
         "run_at",
+        "waiting_for_slot_since",
         "dispatch_id",
         "published_at",
         "lease_expires_at",

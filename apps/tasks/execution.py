@@ -31,6 +31,7 @@ from apps.handlers.errors import PermanentError, RetryableError, TaskCancelled
 from apps.handlers.registry import TaskTypeSpec, get_task_type
 from apps.handlers.selectors import invalidate_task_types
 from apps.handlers.services import type_disabled_for_hold
+from apps.tasks import slots
 from apps.tasks.backoff import retry_wait
 from apps.tasks.models import AttemptOutcome, Task
 from apps.tasks.publisher import DeadLetter, publish_dead_letters
@@ -139,6 +140,10 @@ def handle_delivery(
         )
     if claimed is not None:
         status = run_claimed(claimed.task, spec)
+        if spec is not None and spec.concurrency_limit:
+            # Its slot is free: hand it to the type's longest-waiting task, now rather than at
+            # the releaser's next tick.
+            slots.release_waiting(type_name=spec.name, spec=spec)
         return DeliveryOutcome("ran", status=status)
     return _not_claimed(
         task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=redelivered
@@ -156,12 +161,10 @@ def _not_claimed(
         return DeliveryOutcome("dropped", status=current["status"], note="stale message")
     if current["status"] == S.QUEUED and spec is not None and spec.concurrency_limit:
         # Still queued with this very dispatch: the claim lost to the concurrency limit.
-        return _hold(
-            task_id=task_id,
-            dispatch_id=dispatch_id,
-            run_at=timezone.now() + timedelta(seconds=limits.concurrency_hold_seconds()),
-            reason=f"concurrency limit ({spec.concurrency_limit} running)",
-        ) or DeliveryOutcome("dropped", note="changed while it was being claimed")
+        if slots.hold_for_slot(task_id=task_id, dispatch_id=dispatch_id, spec=spec):
+            logger.info("Task %s held: waits for a free slot of %s", task_id, spec.name)
+            return DeliveryOutcome("held", status=S.POSTPONED, note="waits for a free slot")
+        return DeliveryOutcome("dropped", note="changed while it was being claimed")
     if current["status"] == S.RUNNING and redelivered:
         lost = attempt_lost(
             task_id=task_id,
@@ -170,6 +173,8 @@ def _not_claimed(
         )
         if lost is None:
             return DeliveryOutcome("dropped", note="attempt already settled")
+        if spec is not None and spec.concurrency_limit:
+            slots.release_waiting(type_name=spec.name, spec=spec)  # its slot is free
         return DeliveryOutcome("lost", status=lost.status)
     if current["status"] == S.FAILED:
         # Failed with this very message, but it never reached the dead-letter queue.
@@ -405,6 +410,7 @@ def _claim_changes(
         "lease_expires_at": timezone.now() + lease,
         "progress": 0,
         "progress_message": "",
+        "waiting_for_slot_since": None,  # no longer waits, nor takes a slot as released
     }
 
 
@@ -453,7 +459,12 @@ def _hold(
         allowed_from={S.QUEUED},
         where="AND t.dispatch_id = %s",
         where_params=(dispatch_id,),
-        changes={"run_at": run_at, "dispatch_id": None, "published_at": None},
+        changes={
+            "run_at": run_at,
+            "dispatch_id": None,
+            "published_at": None,
+            "waiting_for_slot_since": None,  # held for another reason: not in the slot line
+        },
         note=f"held: {reason}",
     )
     if moved is None:

@@ -44,6 +44,11 @@ class Task(models.Model):
     # Past this a running attempt is presumed lost (its worker died without the broker noticing).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # Set when the task was held because its type had no free slot (its concurrency limit): it
+    # waits `postponed` with no run_at until a slot frees, and is released oldest first
+    # (apps.tasks.slots). Kept while the released task is queued (it then counts as taking a
+    # slot), cleared by its claim, a cancel, a reschedule or another hold.
+    waiting_for_slot_since = models.DateTimeField(null=True, blank=True)
 
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
@@ -117,6 +122,16 @@ class Task(models.Model):
                 fields=["lease_expires_at"],
                 name="task_running_lease",
                 condition=Q(status=TaskStatus.RUNNING),
+            ),
+            # The concurrency limit's waiting line: a type's waiting tasks, oldest first, and its
+            # released ones not yet claimed (apps.tasks.slots). Only tasks that were held.
+            models.Index(
+                fields=["type", "created_at", "id"],
+                name="task_waiting_for_slot",
+                condition=Q(
+                    waiting_for_slot_since__isnull=False,
+                    status__in=[TaskStatus.POSTPONED, TaskStatus.QUEUED],
+                ),
             ),
             # ?dead_lettered=true in the list (and the admin's dead-lettered filter and its count):
             # only the dead-lettered rows, in the list's order.

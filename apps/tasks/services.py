@@ -31,7 +31,7 @@ from apps.handlers.registry import (
     validate_payload,
 )
 from apps.monitoring.models import TaskCount
-from apps.tasks import publisher
+from apps.tasks import publisher, slots
 from apps.tasks.models import Task, TaskStatusChange
 from apps.tasks.rows import NULL, RowTemplate, escape
 from apps.tasks.states import (
@@ -587,6 +587,8 @@ def _reschedule(
     *, task: Task, actor: User, run_at: datetime | None, changes: dict[str, Any]
 ) -> Task | None:
     """Move run_at: a future time postpones the task, null runs it now."""
+    # A task waiting for a free slot leaves the line: it waits for its new time instead.
+    changes = {**changes, "waiting_for_slot_since": None}
     if run_at is None:
         # Postponed -> queued at once; a queued or retrying task keeps its state.
         moved = transition_one(
@@ -634,7 +636,12 @@ def task_cancel(*, task: Task, actor: User | None) -> Task:
         task_id=task.id,
         to=S.CANCELLED,
         allowed_from=NOT_STARTED_STATES,
-        changes={"finished_at": timezone.now(), "dispatch_id": None, "run_at": None},
+        changes={
+            "finished_at": timezone.now(),
+            "dispatch_id": None,
+            "run_at": None,
+            "waiting_for_slot_since": None,
+        },
         actor_id=actor.id if actor else None,
         note="cancelled",
     )
@@ -685,6 +692,7 @@ def task_retry(*, task: Task, actor: User | None) -> Task:
             "error": "",
             "progress": 0,
             "progress_message": "",
+            "waiting_for_slot_since": None,
         },
         actor_id=actor.id if actor else None,
         note="replayed from the dead-letter queue" if was_dead else "retried by hand",
@@ -715,7 +723,8 @@ def task_delete(*, task: Task) -> None:
 
 
 def release_due_tasks(*, batch_size: int | None = None, max_batches: int = 20) -> int:
-    """Queue postponed and retrying tasks whose run_at has come; publish them after commit."""
+    """Queue postponed and retrying tasks whose run_at has come, and tasks waiting for a slot
+    of their type's concurrency limit where one is free; publish them after commit."""
     batch_size = batch_size or settings.TASKFLOW["RELEASE_BATCH_SIZE"]
     released = 0
     for _ in range(max_batches):
@@ -735,7 +744,7 @@ def release_due_tasks(*, batch_size: int | None = None, max_batches: int = 20) -
         released += len(moved)
         if len(moved) < batch_size:
             break
-    return released
+    return released + slots.release_waiting_everywhere()
 
 
 def _publish_again_on_commit(tasks: list[Task]) -> list[int]:

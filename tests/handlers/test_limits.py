@@ -57,14 +57,6 @@ def deliver_in_thread(task: Task, out: list[DeliveryOutcome]) -> threading.Threa
     return thread
 
 
-def release_when_due(task: Task) -> None:
-    task.refresh_from_db()
-    run_at = task.run_at
-    assert run_at is not None
-    wait_for(lambda: timezone.now() >= run_at, timeout=5, what="the hold")
-    assert services.release_due_tasks() >= 1
-
-
 # --- Concurrency, in this process ---------------------------------------------------------------
 
 
@@ -77,23 +69,25 @@ def test_a_claim_over_the_concurrency_limit_is_held_not_failed(user):
     thread = deliver_in_thread(first, out)
     try:
         wait_for(lambda: Task.objects.filter(id=first.id, status=S.RUNNING).exists())
-        before = timezone.now()
 
         outcome = deliver(second)
 
         assert (outcome.action, second.status) == ("held", S.POSTPONED)
         assert (second.attempts, second.retries, second.dispatch_id) == (0, 0, None)
-        assert last_note(second) == "held: concurrency limit (1 running)"
-        assert second.run_at is not None
-        assert before + timedelta(seconds=0.4) < second.run_at < before + timedelta(seconds=2)
+        assert last_note(second) == "held: concurrency limit (1 running); waits for a free slot"
+        # No time to come back at: it waits for the slot, not for a clock.
+        assert second.run_at is None
+        assert second.waiting_for_slot_since is not None
     finally:
         services.task_cancel(task=first, actor=None)
         thread.join(timeout=30)
     assert out[0].status == S.CANCELLED
 
-    release_when_due(second)  # the slot is free now
+    # The first one's worker handed its slot on as its task ended: no releaser needed.
+    second.refresh_from_db()
+    assert (second.status, last_note(second)) == (S.QUEUED, "released: a slot is free")
     assert deliver(second).status == S.SUCCEEDED
-    assert (second.attempts, second.retries) == (1, 0)
+    assert (second.attempts, second.retries, second.waiting_for_slot_since) == (1, 0, None)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -125,29 +119,147 @@ def test_parallel_claims_never_pass_the_concurrency_limit(user):
 
     assert Counter(o.action for o in out) == {"ran": 2, "held": 6}
     assert Task.objects.filter(status=S.SUCCEEDED).count() == 2
-    assert Task.objects.filter(status=S.POSTPONED, attempts=0).count() == 6
+    # Each of the two that ran handed its slot to the oldest task waiting; the others wait.
+    held = Task.objects.filter(id__in=[t.id for t in tasks], attempts=0).order_by("created_at")
+    assert [t.status for t in held] == [S.QUEUED] * 2 + [S.POSTPONED] * 4
+
+
+def stuck_in_running(user: Any, count: int = 1) -> list[Task]:
+    """Tasks claimed by a worker that then died: they take a slot until their lease is reaped."""
+    from apps.handlers.registry import get_task_type
+
+    stuck = [create(user, "test_sleep", {"seconds": 0}, max_retries=0) for _ in range(count)]
+    for task in stuck:
+        assert _claim(
+            task_id=str(task.id),
+            dispatch_id=str(task.dispatch_id),
+            spec=get_task_type("test_sleep"),
+            worker="dead",
+        )
+    return stuck
+
+
+def reap(task: Task) -> None:
+    Task.objects.filter(id=task.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.reap_expired_leases() == 1
+
+
+def history_count(task: Task) -> int:
+    return TaskStatusChange.objects.filter(task=task).count()
 
 
 def test_a_dead_workers_slot_is_freed_when_its_attempt_is_settled(user):
     limit("test_sleep", concurrency_limit=1)
-    stuck = create(user, "test_sleep", {"seconds": 0}, max_retries=1)
+    (stuck,) = stuck_in_running(user)
     waiting = create(user, "test_sleep", {"seconds": 0})
-    # Claimed, then its worker died: the row says running, nothing will finish it.
-    from apps.handlers.registry import get_task_type
-
-    assert _claim(
-        task_id=str(stuck.id),
-        dispatch_id=str(stuck.dispatch_id),
-        spec=get_task_type("test_sleep"),
-        worker="dead",
-    )
     assert deliver(waiting).action == "held"
 
-    Task.objects.filter(id=stuck.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert services.reap_expired_leases() == 1  # the lost attempt: retrying, not running
+    reap(stuck)  # the lost attempt: failed (no retries left), not running
 
-    release_when_due(waiting)
+    assert services.release_due_tasks() == 1  # beat's releaser finds the free slot
     assert deliver(waiting).status == S.SUCCEEDED
+
+
+def test_a_lost_attempt_hands_its_slot_on_when_its_message_comes_back(user):
+    limit("test_sleep", concurrency_limit=1)
+    (stuck,) = stuck_in_running(user)
+    waiting = create(user, "test_sleep", {"seconds": 0})
+    assert deliver(waiting).action == "held"
+
+    # RabbitMQ gives the dead worker's message to another: that attempt is lost, the slot free.
+    assert deliver(stuck, redelivered=True).action == "lost"
+
+    waiting.refresh_from_db()
+    assert (waiting.status, last_note(waiting)) == (S.QUEUED, "released: a slot is free")
+
+
+def test_tasks_waiting_for_a_slot_are_not_churned_while_it_stays_taken(user):
+    limit("test_sleep", concurrency_limit=1)
+    stuck_in_running(user)
+    waiting = [create(user, "test_sleep", {"seconds": 0}) for _ in range(3)]
+    assert [deliver(task).action for task in waiting] == ["held"] * 3
+    rows = [history_count(task) for task in waiting]
+    assert rows == [2, 2, 2]  # created, held
+
+    for _ in range(3):  # beat's ticks
+        assert services.release_due_tasks() == 0
+
+    for task in waiting:
+        task.refresh_from_db()
+        assert (task.status, task.run_at, task.dispatch_id) == (S.POSTPONED, None, None)
+    assert [history_count(task) for task in waiting] == rows  # no hold, release, hold, ...
+
+
+def test_waiting_tasks_get_free_slots_oldest_first_one_task_per_slot(user):
+    limit("test_sleep", concurrency_limit=2)
+    first_stuck, _second_stuck = stuck_in_running(user, 2)
+    waiting = [create(user, "test_sleep", {"seconds": 0}) for _ in range(4)]
+    for task in reversed(waiting):  # held newest first: the line still goes by age
+        assert deliver(task).action == "held"
+
+    reap(first_stuck)
+    assert services.release_due_tasks() == 1  # one slot is free: one task
+    assert services.release_due_tasks() == 0  # the released one takes it until it is claimed
+    statuses = [Task.objects.get(id=t.id).status for t in waiting]
+    assert statuses == [S.QUEUED, S.POSTPONED, S.POSTPONED, S.POSTPONED]
+
+    # It runs; as it ends, its worker hands the slot to the next oldest.
+    assert deliver(waiting[0]).status == S.SUCCEEDED
+    statuses = [Task.objects.get(id=t.id).status for t in waiting]
+    assert statuses == [S.SUCCEEDED, S.QUEUED, S.POSTPONED, S.POSTPONED]
+    assert last_note(waiting[1]) == "released: a slot is free"
+
+
+def test_a_slot_freed_while_a_claim_was_losing_it_is_not_left_empty(user):
+    from apps.handlers.registry import get_task_type
+    from apps.tasks import slots
+
+    limit("test_sleep", concurrency_limit=1)
+    task = create(user, "test_sleep", {"seconds": 0})
+    # Its claim lost to a task that has ended since, and whose worker found nobody waiting then:
+    # the hold counts the slots again, finds this one free, and releases the task at once.
+    spec = get_task_type("test_sleep")
+    assert spec is not None
+    assert slots.hold_for_slot(task_id=str(task.id), dispatch_id=str(task.dispatch_id), spec=spec)
+
+    task.refresh_from_db()
+    assert task.status == S.QUEUED
+    assert task.dispatch_id is not None
+    notes = TaskStatusChange.objects.filter(task=task).order_by("at", "id")
+    assert list(notes.values_list("to_status", flat=True)) == [S.QUEUED, S.POSTPONED, S.QUEUED]
+    assert deliver(task).status == S.SUCCEEDED
+
+
+def test_a_waiting_task_rescheduled_or_cancelled_leaves_the_line(user):
+    from apps.handlers.services import task_type_release_held
+
+    limit("test_sleep", concurrency_limit=1)
+    (stuck,) = stuck_in_running(user)
+    rescheduled, cancelled = (create(user, "test_sleep", {"seconds": 0}) for _ in range(2))
+    assert [deliver(rescheduled).action, deliver(cancelled).action] == ["held", "held"]
+    later = timezone.now() + timedelta(hours=1)
+
+    services.task_update(task=rescheduled, actor=user, run_at=later)
+    services.task_cancel(task=cancelled, actor=user)
+    assert task_type_release_held(name="test_sleep") == 0  # that is for a disabled type's tasks
+    reap(stuck)
+
+    assert services.release_due_tasks() == 0  # a free slot, and nobody in the line
+    rescheduled.refresh_from_db()
+    assert (rescheduled.status, rescheduled.run_at) == (S.POSTPONED, later)
+    assert rescheduled.waiting_for_slot_since is None
+
+
+def test_a_removed_limit_releases_every_waiting_task(user):
+    limit("test_sleep", concurrency_limit=1)
+    stuck_in_running(user)
+    waiting = [create(user, "test_sleep", {"seconds": 0}) for _ in range(3)]
+    assert [deliver(task).action for task in waiting] == ["held"] * 3
+
+    limit("test_sleep", concurrency_limit=None)
+
+    assert services.release_due_tasks() == 3
+    assert [deliver(task).status for task in waiting] == [S.SUCCEEDED] * 3
 
 
 # --- Rate, in this process -----------------------------------------------------------------------
@@ -258,6 +370,44 @@ def test_two_workers_never_run_more_than_the_concurrency_limit(user, broker, tmp
         .distinct()
     )
     assert {w.split("@")[0] for w in workers} == {"worker", "worker2"}, workers
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_waiting_tasks_hold_still_then_start_in_order_as_the_slot_frees(user, broker):
+    limit("test_sleep", concurrency_limit=1)
+    with two_workers_and_beat() as started:
+        blocker = create(user, "test_sleep", {"seconds": 120})
+        wait_for(lambda: Task.objects.filter(id=blocker.id, status=S.RUNNING).exists())
+        waiting = [create(user, "test_sleep", {"seconds": 0.1}) for _ in range(4)]
+        ids = [t.id for t in waiting]
+        wait_for(
+            lambda: Task.objects.filter(id__in=ids, status=S.POSTPONED).count() == 4,
+            what="the four to be held",
+        )
+        # beat's releaser runs after a task due 2 s from now has run: by then a task held for a
+        # second, as they were before, would have come back and been held again.
+        canary = create(user, "echo", {}, run_at=timezone.now() + timedelta(seconds=2))
+        wait_for(
+            lambda: Task.objects.filter(id=canary.id, status=S.SUCCEEDED).exists(),
+            timeout=30,
+            what="the releaser to have run after 2 s",
+        )
+        holds = TaskStatusChange.objects.filter(task__in=ids, note__startswith="held:")
+        assert holds.count() == 4, list(holds.values_list("task_id", "at"))
+
+        services.task_cancel(task=blocker, actor=None)
+        wait_for(
+            lambda: Task.objects.filter(id__in=ids, status=S.SUCCEEDED).count() == 4,
+            timeout=60,
+            what="the four to run",
+        )
+        logs = processes.dump_logs(started)
+
+    ran = Task.objects.filter(id__in=ids).order_by("started_at")
+    assert [t.id for t in ran] == ids, logs  # oldest first
+    assert all(t.attempts == 1 for t in ran)
+    assert holds.count() == 4, logs  # each held once, and never again
 
 
 @pytest.mark.e2e
