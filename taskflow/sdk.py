@@ -18,6 +18,7 @@ load: built-in handlers, TASKFLOW_HANDLER_MODULES, and the `taskflow.handlers` e
 installed plugin packages).
 """
 
+from apps.core.api import TextField
 from apps.files.fields import FileRefField
 from apps.handlers.context import TaskContext
 from apps.handlers.errors import HandlerError, PermanentError, RetryableError, TaskCancelled
@@ -41,6 +42,7 @@ __all__ = [
     "TaskCancelled",
     "TaskContext",
     "TaskQueue",
+    "TextField",
     "handler",
     "verify",
 ]

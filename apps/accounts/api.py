@@ -31,6 +31,7 @@ from apps.accounts.throttles import (
     LoginAddressThrottle,
     RegisterAddressThrottle,
 )
+from apps.core.api import StrictInputSerializer, TextField
 
 
 class UserOutputSerializer(serializers.Serializer):
@@ -46,9 +47,9 @@ class RegisterView(APIView):
     throttle_classes = [RegisterAddressThrottle]
 
     @extend_schema_serializer(component_name="Register")
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(StrictInputSerializer):
         email = serializers.EmailField(max_length=254)
-        password = serializers.CharField(max_length=128, trim_whitespace=False)
+        password = TextField(max_length=128, trim_whitespace=False)
 
     @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -59,7 +60,7 @@ class RegisterView(APIView):
 
 
 @extend_schema_serializer(component_name="TokenObtainPair")
-class EmailTokenObtainPairSerializer(TokenObtainPairSerializer):
+class EmailTokenObtainPairSerializer(StrictInputSerializer, TokenObtainPairSerializer):
     default_error_messages = {"no_active_account": "Wrong email or password."}
 
 
@@ -89,7 +90,7 @@ class LoginView(TokenObtainPairView):
 # and one that comes after this refresh commits finds its successor to blacklist (a row not yet
 # committed while it looked).
 @extend_schema_serializer(component_name="TokenRefresh")
-class UserCheckingTokenRefreshSerializer(TokenRefreshSerializer):
+class UserCheckingTokenRefreshSerializer(StrictInputSerializer, TokenRefreshSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         try:
             with transaction.atomic():
@@ -116,7 +117,7 @@ class RefreshView(TokenRefreshView):
 
 
 @extend_schema_serializer(component_name="Logout")
-class LogoutSerializer(TokenBlacklistSerializer):
+class LogoutSerializer(StrictInputSerializer, TokenBlacklistSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[Any, Any]:
         try:
             return super().validate(attrs)

@@ -25,9 +25,10 @@ class StrictInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"non_field_errors": ["Expected a JSON object."]}, code="invalid"
             )
+        known = [name for name, field in self.fields.items() if not field.read_only]
         errors = {
-            name: [f"Unknown field. Known fields: {', '.join(self.fields)}."]
-            for name in sorted(set(data) - set(self.fields))
+            name: [f"Unknown field. Known fields: {', '.join(known)}."]
+            for name in sorted(set(data) - set(known))
         }
         if hasattr(data, "getlist"):  # a QueryDict: form or multipart input
             errors |= self._repeated(data)
@@ -46,6 +47,32 @@ class StrictInputSerializer(serializers.Serializer):
                     else f"Sent {count} times: send one value."
                 ]
         return errors
+
+
+class TextField(serializers.CharField):
+    """A JSON string. DRF's CharField turns numbers into text (`"subject": 42` became "42"), so a
+    client's mistake was stored and run as if it meant it."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise serializers.ValidationError(
+                f"Must be a string, not {_json_type(data)}.", code="invalid"
+            )
+        return str(super().to_internal_value(data))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _refuse_constant(name: str) -> NoReturn:

@@ -1,5 +1,6 @@
-"""Payload fields shared by the built-in task types: strict numbers and booleans, http(s) URLs,
-email addresses. Each error names the rule it enforces."""
+"""Payload fields shared by the built-in task types: strict numbers, booleans and strings
+(TextField, from apps.core.api), http(s) URLs, email addresses. Each error names the rule it
+enforces."""
 
 import ipaddress
 import math
@@ -10,6 +11,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator, validate_email
 from rest_framework import serializers
 
+from apps.core.api import TextField
 from apps.handlers import net
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -47,7 +49,7 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
-class SingleLineField(serializers.CharField):
+class SingleLineField(TextField):
     """Text that goes into a header: no line breaks or other control characters."""
 
     def to_internal_value(self, data: Any) -> str:

@@ -154,6 +154,35 @@ def test_register_missing_fields_are_named():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/api/register", {"email": "new@example.com", "password": PASSWORD}),
+        ("/api/login", {"email": "alice@example.com", "password": PASSWORD}),
+        ("/api/token/refresh", {"refresh": "x"}),
+        ("/api/logout", {"refresh": "x"}),
+    ],
+    ids=["register", "login", "refresh", "logout"],
+)
+def test_an_unknown_field_is_400_named_not_ignored(user, path, extra):
+    # A client's misspelt or unsupported field ("remember_me", "access") must not pass unseen.
+    response = APIClient().post(path, {**extra, "remember_me": True}, format="json")
+    error = assert_error(response, 400, "validation_error", fields=("remember_me",))
+    assert error["fields"]["remember_me"][0].startswith("Unknown field. Known fields: ")
+    assert not User.objects.filter(email="new@example.com").exists()
+
+
+@pytest.mark.django_db
+def test_register_a_password_that_is_a_json_number_is_400_not_turned_into_text():
+    response = APIClient().post(
+        "/api/register", {"email": "new@example.com", "password": 31415926535}, format="json"
+    )
+    error = assert_error(response, 400, "validation_error", fields=("password",))
+    assert error["fields"]["password"] == ["Must be a string, not a number."]
+    assert not User.objects.filter(email="new@example.com").exists()
+
+
+@pytest.mark.django_db
 def test_register_with_a_malformed_json_body_is_400():
     response = APIClient().post(
         "/api/register", '{"email": "x@example.com",', content_type="application/json"

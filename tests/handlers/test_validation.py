@@ -51,6 +51,10 @@ CASES = [
     ),
     ("send_email", {**EMAIL, "subject": "Hi\r\nBcc: x@example.com"}, "payload.subject", "line"),
     ("send_email", {**EMAIL, "subject": "x" * 999}, "payload.subject", "998"),
+    # Numbers are not turned into text (DRF's CharField would store "42").
+    ("send_email", {**EMAIL, "subject": 42}, "payload.subject", "Must be a string, not a number"),
+    ("send_email", {**EMAIL, "body": 1.5}, "payload.body", "Must be a string, not a number"),
+    ("send_email", {**EMAIL, "body": True}, "payload.body", "Must be a string, not a boolean"),
     ("send_email", {"to": "a@example.com"}, "payload", "at least one of subject, body"),
     (
         "send_email",
@@ -141,6 +145,12 @@ CASES = [
     ("long_computation", {"duration": -1}, "payload.duration", "greater than or equal to 0"),
     ("long_computation", {"duration": 601}, "payload.duration", "less than or equal to 600"),
     ("fetch_url", {"url": "https://example.com", "headers": []}, "payload.headers", "dictionary"),
+    (
+        "fetch_url",
+        {"url": "https://example.com", "headers": {"X-Count": 5}},
+        "payload.headers",
+        "Must be a string, not a number",
+    ),
     (
         "fetch_url",
         {"url": "https://example.com", "headers": {"Bad Name": "x"}},

@@ -13,7 +13,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.handlers import net
-from apps.handlers.fields import is_single_line
+from apps.handlers.fields import TextField, is_single_line
 from taskflow.sdk import HttpUrlField, NumberField, TaskContext, TaskQueue, handler
 
 METHODS = ("GET", "HEAD", "OPTIONS")
@@ -90,7 +90,7 @@ class FetchUrlPayload(serializers.Serializer):
     url = HttpUrlField()
     method = MethodField(choices=METHODS, required=False, default="GET")
     headers = serializers.DictField(
-        child=serializers.CharField(allow_blank=True, max_length=4096, trim_whitespace=False),
+        child=TextField(allow_blank=True, max_length=4096, trim_whitespace=False),
         required=False,
         default=dict,
         help_text=f"Request headers, at most {MAX_HEADERS}.",

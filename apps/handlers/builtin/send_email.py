@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from apps.files.models import UserFile
 from apps.files.services import file_summary
-from apps.handlers.fields import RecipientsField, SingleLineField
+from apps.handlers.fields import RecipientsField, SingleLineField, TextField
 from apps.notifications.services import Attachment, email_send
 from taskflow.sdk import FileRefField, PermanentError, TaskContext, TaskQueue, handler
 
@@ -27,9 +27,7 @@ class SendEmailPayload(serializers.Serializer):
     subject = SingleLineField(
         required=False, allow_blank=True, default="", max_length=MAX_SUBJECT_LENGTH
     )
-    body = serializers.CharField(
-        required=False, allow_blank=True, default="", trim_whitespace=False
-    )
+    body = TextField(required=False, allow_blank=True, default="", trim_whitespace=False)
     attached_files = serializers.ListField(
         child=FileRefField(),
         required=False,
