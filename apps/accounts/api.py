@@ -25,7 +25,7 @@ from rest_framework_simplejwt.views import (
     TokenRefreshView,
 )
 
-from apps.accounts.services import user_lock, user_register
+from apps.accounts.services import user_lock, user_lock_by_email, user_register
 from apps.accounts.throttles import (
     LoginAccountThrottle,
     LoginAddressThrottle,
@@ -62,6 +62,17 @@ class RegisterView(APIView):
 @extend_schema_serializer(component_name="TokenObtainPair")
 class EmailTokenObtainPairSerializer(StrictInputSerializer, TokenObtainPairSerializer):
     default_error_messages = {"no_active_account": "Wrong email or password."}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
+        # The user's row is locked before the password check, until the refresh token's row is
+        # committed: a password change meanwhile (its UPDATE takes that lock) waits, then finds
+        # this login's token and blacklists it (apps.accounts.signals). Without it, a change that
+        # committed between the check of the old password and the token's row left the token out.
+        with transaction.atomic():
+            email = attrs.get(self.username_field)
+            if isinstance(email, str):
+                user_lock_by_email(email=email)
+            return super().validate(attrs)
 
 
 class LoginView(TokenObtainPairView):

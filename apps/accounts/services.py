@@ -59,6 +59,14 @@ def user_lock(*, user_id: Any) -> None:
     list(locked.values_list("pk", flat=True))
 
 
+def user_lock_by_email(*, email: str) -> None:
+    """user_lock for the user a login names (normalised as the login's look-up does); nothing if
+    there is none."""
+    normalised = User.objects.normalize_email(email).lower()
+    locked = User.objects.select_for_update(no_key=True).filter(email=normalised).order_by()
+    list(locked.values_list("pk", flat=True))
+
+
 @transaction.atomic
 def user_refresh_tokens_revoke(*, user_id: int) -> int:
     """Blacklist every refresh token of the user that is still live: none of them refreshes again

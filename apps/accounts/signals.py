@@ -5,9 +5,10 @@ after the victim's password was reset. Whatever path saves the user through the 
 admin's password form, `manage.py changepassword`, `user.set_password(); user.save()`), a new
 password hash or `is_active` turned off blacklists all the user's refresh tokens, right after the
 save, in its transaction if it has one (services.user_refresh_tokens_revoke, which also lets a
-refresh under way finish first). Access tokens are not blacklisted: they work until they expire
-(JWT_ACCESS_LIFETIME_SECONDS, 15 min), though a deactivated user's are refused at once
-(apps.accounts.authentication).
+refresh under way finish first; a login under way holds the user's row from its password check to
+its token, so the change waits for it too). Access tokens are not blacklisted: they work until
+they expire (JWT_ACCESS_LIFETIME_SECONDS, 15 min), though a deactivated user's are refused at
+once (apps.accounts.authentication).
 
 Not a change of password: Django re-hashing the right password at a login, when the preferred
 hasher or its iteration count changed (every Django upgrade raises PBKDF2's); that would log every

@@ -280,18 +280,59 @@ def refresh_running_this_meanwhile(
     `action` in another thread, on a connection of its own, and let the refresh go on when the
     action waits on a lock or has ended. The refresh's answer."""
     real_outstand = RefreshToken.outstand
-    ended: list[BaseException | None] = []
+    act = in_another_thread(action)
 
-    def run() -> None:
+    def outstand_then_act(self: RefreshToken) -> Any:
+        minted = real_outstand(self)
+        act.start_and_wait()
+        return minted
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefreshToken, "outstand", outstand_then_act)
+        answer = refresh(token)
+    act.join()
+    return answer
+
+
+def login_running_this_meanwhile(
+    monkeypatch: Any, password: str, action: Callable[[], object]
+) -> Any:
+    """Log in; once the login has checked the password, and before it mints its refresh token,
+    start `action` as above. The login's answer."""
+    real_for_user = RefreshToken.for_user
+    act = in_another_thread(action)
+
+    def act_then_mint(cls: type[RefreshToken], user: User) -> RefreshToken:
+        act.start_and_wait()
+        return real_for_user(user)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefreshToken, "for_user", classmethod(act_then_mint))
+        answer = APIClient().post(
+            "/api/login", {"email": "alice@example.com", "password": password}, format="json"
+        )
+    act.join()
+    return answer
+
+
+class in_another_thread:
+    """`action` in a thread on a connection of its own: start it, and wait until it waits on a
+    lock (in PostgreSQL) or has ended."""
+
+    def __init__(self, action: Callable[[], object]) -> None:
+        self.ended: list[BaseException | None] = []
+        self.thread = threading.Thread(target=self._run, args=(action,))
+
+    def _run(self, action: Callable[[], object]) -> None:
         try:
             action()
-            ended.append(None)
+            self.ended.append(None)
         except BaseException as exc:
-            ended.append(exc)
+            self.ended.append(exc)
         finally:
             connections.close_all()
 
-    def waits_on_a_lock() -> bool:
+    def _waits_on_a_lock(self) -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_stat_clear_snapshot()")  # else kept for the transaction
             cursor.execute(
@@ -299,22 +340,15 @@ def refresh_running_this_meanwhile(
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
             row = cursor.fetchone()
-        return bool(row and row[0]) or bool(ended)
+        return bool(row and row[0]) or bool(self.ended)
 
-    thread = threading.Thread(target=run)
+    def start_and_wait(self) -> None:
+        self.thread.start()
+        wait_for(self._waits_on_a_lock, timeout=10, what="the action to wait on a lock or end")
 
-    def outstand_then_act(self: RefreshToken) -> Any:
-        minted = real_outstand(self)
-        thread.start()
-        wait_for(waits_on_a_lock, timeout=10, what="the action to wait on a lock or end")
-        return minted
-
-    with monkeypatch.context() as patched:
-        patched.setattr(RefreshToken, "outstand", outstand_then_act)
-        answer = refresh(token)
-    thread.join(timeout=30)
-    assert ended == [None], ended
-    return answer
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+        assert self.ended == [None], self.ended
 
 
 @pytest.mark.django_db(transaction=True)
@@ -349,4 +383,22 @@ def test_the_blacklisting_waits_for_a_refresh_under_way_even_after_the_change_co
         monkeypatch, token, lambda: user_refresh_tokens_revoke(user_id=user.pk)
     )
     assert answer.status_code == 200, answer.content
+    assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_change_during_a_login_ends_the_token_that_login_mints(monkeypatch):
+    """A login that has checked the old password, and not yet minted its refresh token, while
+    the password changes: the change waits for the login (which holds the user's row from before
+    its password check), then blacklists that token. Without the lock, the change blacklisted the
+    tokens it found, and the login's, minted right after, lived on (7 days, rotating)."""
+    user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
+
+    def change_password() -> None:
+        victim = User.objects.get(pk=user.pk)
+        victim.set_password("a-brand-new-password-4711")
+        victim.save()
+
+    answer = login_running_this_meanwhile(monkeypatch, PASSWORD, change_password)
+    assert answer.status_code == 200, answer.content  # it came first
     assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
