@@ -120,6 +120,10 @@ def is_public(ip: IPAddress) -> bool:
     if ip.is_private or ip.is_loopback or ip.is_link_local:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
+        # Site-local (fec0::/10) is deprecated, not gone: networks still route it internally,
+        # and Python counts it global.
+        if ip.is_site_local:
+            return False
         return all(is_public(inner) for inner in _embedded_ipv4(ip))
     return True
 

@@ -30,6 +30,7 @@ from tests.support.http import body_of, encoded
         "::",
         "fe80::1",
         "fd00:ec2::254",
+        "fec0::1",  # site-local (deprecated, still routed inside some networks)
         "ff02::1",
         "::ffff:127.0.0.1",  # IPv4-mapped
         "2002:7f00:1::",  # 6to4 around 127.0.0.1
