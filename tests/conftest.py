@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
-from rest_framework_simplejwt.tokens import RefreshToken
 
 import tests.support.handlers  # noqa: F401  (registers the test-only task types)
+from apps.accounts.authentication import GenerationRefreshToken
 from apps.accounts.models import User
 from apps.core.throttling import breaker
 from tests.support.broker import BrokerProbe, use_broker
@@ -88,7 +88,9 @@ def other_user(db: Any) -> User:
 
 def client_for(user: User) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {RefreshToken.for_user(user).access_token}")
+    # As a login makes it: with the user's token generation as the database has it now.
+    token = GenerationRefreshToken.for_user(User.objects.get(pk=user.pk))
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token.access_token}")
     return client
 
 

@@ -25,6 +25,7 @@ from rest_framework_simplejwt.views import (
     TokenRefreshView,
 )
 
+from apps.accounts.authentication import GenerationRefreshToken
 from apps.accounts.services import user_lock, user_lock_by_email, user_register
 from apps.accounts.throttles import (
     LoginAccountThrottle,
@@ -62,6 +63,9 @@ class RegisterView(APIView):
 @extend_schema_serializer(component_name="TokenObtainPair")
 class EmailTokenObtainPairSerializer(StrictInputSerializer, TokenObtainPairSerializer):
     default_error_messages = {"no_active_account": "Wrong email or password."}
+    # With the user's token generation, read under the lock validate() holds (a password change
+    # waits for it, then raises the generation).
+    token_class = GenerationRefreshToken
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         # The user's row is locked before the password check, until the refresh token's row is
@@ -97,7 +101,7 @@ class LoginView(TokenObtainPairView):
 # refreshes with one token both passed the check and both got a new token (a stolen token kept
 # working next to the owner's); the token's row is locked here for the check-and-blacklist.
 # The user's row is locked first, as the blacklisting after a password change or a deactivation
-# locks it (services.user_refresh_tokens_revoke): one done meanwhile has blacklisted this token,
+# locks it (services.user_tokens_revoke): one done meanwhile has blacklisted this token,
 # and one that comes after this refresh commits finds its successor to blacklist (a row not yet
 # committed while it looked).
 @extend_schema_serializer(component_name="TokenRefresh")
@@ -138,7 +142,7 @@ class LogoutSerializer(StrictInputSerializer, TokenBlacklistSerializer):
 
 class LogoutView(TokenBlacklistView):
     """Blacklist a refresh token: it can no longer be refreshed. Access tokens already issued stay
-    valid until they expire (JWT_ACCESS_LIFETIME_SECONDS)."""
+    valid until they expire (JWT_ACCESS_LIFETIME_SECONDS), unless the password changes."""
 
     serializer_class = LogoutSerializer
     authentication_classes = ()

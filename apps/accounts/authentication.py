@@ -16,7 +16,10 @@ cached user is read in the same round trip to Redis as the per-user rate count
 
 A verified access token is kept in the process (by its exact bytes) until it expires, so that a
 client's next requests skip decoding and verifying it again (an access token has no revocation
-list: only its expiry and the user's row decide, and both are checked on every request).
+list: only its expiry and the user's row decide, and both are checked on every request). The row
+decides by `is_active` and `token_generation`: a token issued before the user's password last
+changed, or before a deactivation, carries an older generation and is refused (at no cost: the
+cached row carries it).
 """
 
 import logging
@@ -33,8 +36,9 @@ from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken, TokenError
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
-from rest_framework_simplejwt.tokens import Token
-from rest_framework_simplejwt.utils import aware_utcnow
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken, Token
+from rest_framework_simplejwt.utils import aware_utcnow, datetime_from_epoch
 
 from apps.accounts.models import User
 from apps.core.throttling import UserRateThrottle, breaker
@@ -62,6 +66,30 @@ def _cache_client() -> Any:
 
 
 _NOT_READ: Any = object()
+
+# The claim with the user's token generation at issue (User.token_generation). A refresh token
+# gets it at login; the access tokens and the rotated refresh tokens made from it copy it.
+TOKEN_GENERATION_CLAIM = "gen"  # noqa: S105 (a claim name, not a secret)
+
+
+class GenerationRefreshToken(RefreshToken):
+    """The login's refresh token, with the user's token generation in it."""
+
+    @classmethod
+    def for_user(cls, user: Any) -> "GenerationRefreshToken":
+        # simplejwt's BlacklistMixin.for_user writes the token's row from the token as it is:
+        # the claim must be in before, so this is Token.for_user, the claim, then that row.
+        token = Token.for_user.__func__(cls, user)  # type: ignore[attr-defined]
+        token[TOKEN_GENERATION_CLAIM] = user.token_generation
+        OutstandingToken.objects.create(
+            user=user,
+            jti=token[jwt_settings.JTI_CLAIM],
+            token=str(token),
+            created_at=token.current_time,
+            expires_at=datetime_from_epoch(token["exp"]),
+        )
+        return token
+
 
 # A user's generation: a counter in Redis that forget_user raises before it drops the cached row.
 # A request that missed the cache reads the generation before it reads the user from PostgreSQL,
@@ -244,6 +272,16 @@ class BearerOrBareJWTAuthentication(JWTAuthentication):
         return self._get_user(validated_token, None)
 
     def _get_user(self, validated_token: Token, request: Request | None) -> Any:
+        user = self._get_active_user(validated_token, request)
+        if validated_token.get(TOKEN_GENERATION_CLAIM, 0) != user.token_generation:
+            raise AuthenticationFailed(
+                "Token was issued before the password changed or the account was deactivated: "
+                "log in again.",
+                code="token_not_valid",
+            )
+        return user
+
+    def _get_active_user(self, validated_token: Token, request: Request | None) -> Any:
         # simplejwt's own get_user, with the row from the cache (its password-hash check, off
         # here, needs the hash: then the row is read as simplejwt reads it).
         if jwt_settings.CHECK_REVOKE_TOKEN:

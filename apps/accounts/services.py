@@ -5,9 +5,11 @@ from typing import Any
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from apps.accounts.authentication import forget_user
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
 
@@ -68,14 +70,16 @@ def user_lock_by_email(*, email: str) -> None:
 
 
 @transaction.atomic
-def user_refresh_tokens_revoke(*, user_id: int) -> int:
-    """Blacklist every refresh token of the user that is still live: none of them refreshes again
-    (the access tokens issued with them work until they expire). Called when the user's password
-    changes or the user is deactivated (apps.accounts.signals). Returns how many were live.
+def user_tokens_revoke(*, user_id: int) -> int:
+    """End every session of the user: blacklist each refresh token still live (none refreshes
+    again), and raise the user's token generation, so that every access token issued before is
+    refused (checked on every request: apps.accounts.authentication). Called when the user's
+    password changes or the user is deactivated (apps.accounts.signals). Returns how many refresh
+    tokens were live.
 
-    The user's row is locked first, as a refresh locks it (apps.accounts.api): a refresh under way
-    commits its new token before the tokens are read here, and a later one finds its token
-    blacklisted. Within the transaction of the save that changed the user, the lock is held
+    The user's row is locked first, as a refresh and a login lock it (apps.accounts.api): one
+    under way commits its new token before the tokens are read here, and a later one finds its
+    token blacklisted. Within the transaction of the save that changed the user, the lock is held
     already (by its UPDATE)."""
     user_lock(user_id=user_id)
     live = OutstandingToken.objects.filter(
@@ -85,4 +89,8 @@ def user_refresh_tokens_revoke(*, user_id: int) -> int:
         [BlacklistedToken(token_id=pk) for pk in live.values_list("pk", flat=True)],
         ignore_conflicts=True,  # one a concurrent logout or refresh blacklisted meanwhile
     )
+    # An update, not a save (this runs in the save's signal). The cached user is dropped again
+    # once it commits: a request that cached the row before that would let old tokens in.
+    User.objects.filter(pk=user_id).update(token_generation=F("token_generation") + 1)
+    forget_user(user_id)
     return len(blacklisted)

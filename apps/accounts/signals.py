@@ -1,14 +1,13 @@
-"""A password change or a deactivation ends the user's refresh tokens.
+"""A password change or a deactivation ends the user's sessions: refresh and access tokens.
 
 A refresh token lives JWT_REFRESH_LIFETIME_SECONDS (7 days) and rotates: one stolen kept working
-after the victim's password was reset. Whatever path saves the user through the model (the
-admin's password form, `manage.py changepassword`, `user.set_password(); user.save()`), a new
-password hash or `is_active` turned off blacklists all the user's refresh tokens, right after the
-save, in its transaction if it has one (services.user_refresh_tokens_revoke, which also lets a
-refresh under way finish first; a login under way holds the user's row from its password check to
-its token, so the change waits for it too). Access tokens are not blacklisted: they work until
-they expire (JWT_ACCESS_LIFETIME_SECONDS, 15 min), though a deactivated user's are refused at
-once (apps.accounts.authentication).
+after the victim's password was reset, and an access token 15 minutes more. Whatever path saves
+the user through the model (the admin's password form, `manage.py changepassword`,
+`user.set_password(); user.save()`), a new password hash or `is_active` turned off blacklists all
+the user's refresh tokens and raises the user's token generation, which refuses every access
+token issued before, right after the save, in its transaction if it has one
+(services.user_tokens_revoke, which also lets a refresh under way finish first; a login under way
+holds the user's row from its password check to its token, so the change waits for it too).
 
 Not a change of password: Django re-hashing the right password at a login, when the preferred
 hasher or its iteration count changed (every Django upgrade raises PBKDF2's); that would log every
@@ -23,7 +22,7 @@ from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
 from apps.accounts.models import User
-from apps.accounts.services import user_refresh_tokens_revoke
+from apps.accounts.services import user_tokens_revoke
 
 _REVOKING_FIELDS = frozenset({"password", "is_active"})
 
@@ -54,7 +53,7 @@ def _note_revoking_change(
 def _revoke_refresh_tokens(sender: type[User], instance: User, **kwargs: Any) -> None:
     if getattr(instance, "_revokes_refresh_tokens", False):
         instance._revokes_refresh_tokens = False  # type: ignore[attr-defined]
-        user_refresh_tokens_revoke(user_id=instance.pk)
+        user_tokens_revoke(user_id=instance.pk)
 
 
 def _is_hash_upgrade(user: User, old_hash: str, update_fields: Any) -> bool:

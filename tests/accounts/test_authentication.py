@@ -251,6 +251,7 @@ def test_requests_refused_at_authentication_do_not_count(user: User, settings: A
     assert [api.get("/api/me").status_code for _ in range(3)] == [401, 401, 401]
     user.is_active = True
     user.save(update_fields=["is_active"])
+    api = client_for(user)  # a new login: the deactivation ended the tokens issued before
     assert [api.get("/api/me").status_code for _ in range(2)] == [200, 429]
 
 

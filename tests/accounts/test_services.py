@@ -7,7 +7,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
-from apps.accounts.services import user_refresh_tokens_revoke
+from apps.accounts.services import user_tokens_revoke
 
 
 def test_revoking_blacklists_the_users_live_refresh_tokens_only(user: User, other_user: User):
@@ -20,9 +20,9 @@ def test_revoking_blacklists_the_users_live_refresh_tokens_only(user: User, othe
     )
     theirs = RefreshToken.for_user(other_user)
 
-    assert user_refresh_tokens_revoke(user_id=user.id) == len(live)
+    assert user_tokens_revoke(user_id=user.id) == len(live)
 
     blacklisted = set(BlacklistedToken.objects.values_list("token__jti", flat=True))
     assert blacklisted == {token["jti"] for token in [*live, logged_out]}
     assert theirs["jti"] not in blacklisted
-    assert user_refresh_tokens_revoke(user_id=user.id) == 0  # nothing left to revoke
+    assert user_tokens_revoke(user_id=user.id) == 0  # nothing left to revoke

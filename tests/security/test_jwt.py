@@ -17,8 +17,9 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from apps.accounts.authentication import GenerationRefreshToken
 from apps.accounts.models import User
-from apps.accounts.services import user_refresh_tokens_revoke
+from apps.accounts.services import user_tokens_revoke
 from tests.security.support import (
     PASSWORD,
     FastPBKDF2PasswordHasher,
@@ -220,11 +221,42 @@ def test_a_password_change_ends_the_refresh_tokens_issued_before_it(user):
     assert refresh(fresh.json()["refresh"]).status_code == 200
 
 
-def test_access_tokens_issued_before_a_password_change_work_until_they_expire(user):
-    """As documented (docs/api.md): only refresh tokens are blacklisted."""
+def test_access_tokens_issued_before_a_password_change_are_refused_at_once(user):
+    """Regression: a stolen access token kept working for up to 15 minutes after the victim's
+    password was reset. The user's row (cached with the rest of it) says since when tokens
+    count; a login right after the change, in the same second, still works."""
     access = login()["access"]
+    assert me(access).status_code == 200  # the user is cached now
     user.set_password("a-brand-new-password-4711")
     user.save(update_fields=["password"])
+
+    assert_error(me(access), 401, "token_not_valid")
+    fresh = APIClient().post(
+        "/api/login",
+        {"email": user.email, "password": "a-brand-new-password-4711"},
+        format="json",
+    )
+    assert fresh.status_code == 200, fresh.content
+    assert me(fresh.json()["access"]).status_code == 200
+
+
+def test_access_tokens_issued_before_a_deactivation_stay_refused_after_reactivation(user):
+    access = login()["access"]
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+
+    assert_error(me(access), 401, "token_not_valid")
+    assert me(login()["access"]).status_code == 200
+
+
+def test_a_hash_upgrade_or_another_change_keeps_the_access_tokens(user, settings):
+    access = login()["access"]
+    user.is_staff = True
+    user.save()
+    settings.PASSWORD_HASHERS = [f"{__name__}.SlowerPBKDF2PasswordHasher"]
+    login()  # re-hashes the same password
     assert me(access).status_code == 200
 
 
@@ -299,7 +331,7 @@ def login_running_this_meanwhile(
 ) -> Any:
     """Log in; once the login has checked the password, and before it mints its refresh token,
     start `action` as above. The login's answer."""
-    real_for_user = RefreshToken.for_user
+    real_for_user = GenerationRefreshToken.for_user
     act = in_another_thread(action)
 
     def act_then_mint(cls: type[RefreshToken], user: User) -> RefreshToken:
@@ -307,7 +339,7 @@ def login_running_this_meanwhile(
         return real_for_user(user)
 
     with monkeypatch.context() as patched:
-        patched.setattr(RefreshToken, "for_user", classmethod(act_then_mint))
+        patched.setattr(GenerationRefreshToken, "for_user", classmethod(act_then_mint))
         answer = APIClient().post(
             "/api/login", {"email": "alice@example.com", "password": password}, format="json"
         )
@@ -380,7 +412,7 @@ def test_the_blacklisting_waits_for_a_refresh_under_way_even_after_the_change_co
     token = str(RefreshToken.for_user(user))
 
     answer = refresh_running_this_meanwhile(
-        monkeypatch, token, lambda: user_refresh_tokens_revoke(user_id=user.pk)
+        monkeypatch, token, lambda: user_tokens_revoke(user_id=user.pk)
     )
     assert answer.status_code == 200, answer.content
     assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
