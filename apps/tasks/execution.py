@@ -143,11 +143,20 @@ def handle_delivery(
         if spec is not None and spec.concurrency_limit:
             # Its slot is free: hand it to the type's longest-waiting task, now rather than at
             # the releaser's next tick.
-            slots.release_waiting(type_name=spec.name, spec=spec)
+            _hand_slot_on(spec)
         return DeliveryOutcome("ran", status=status)
     return _not_claimed(
         task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=redelivered
     )
+
+
+def _hand_slot_on(spec: TaskTypeSpec) -> None:
+    """Release the type's waiting tasks its free slots allow. Best effort: the task's own outcome
+    is recorded already, and beat's releaser does the same within a tick if this fails."""
+    try:
+        slots.release_waiting(type_name=spec.name, spec=spec)
+    except Exception:
+        logger.warning("Could not hand a free slot of %s on", spec.name, exc_info=True)
 
 
 def _not_claimed(
@@ -174,7 +183,7 @@ def _not_claimed(
         if lost is None:
             return DeliveryOutcome("dropped", note="attempt already settled")
         if spec is not None and spec.concurrency_limit:
-            slots.release_waiting(type_name=spec.name, spec=spec)  # its slot is free
+            _hand_slot_on(spec)  # its slot is free
         return DeliveryOutcome("lost", status=lost.status)
     if current["status"] == S.FAILED:
         # Failed with this very message, but it never reached the dead-letter queue.
