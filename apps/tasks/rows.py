@@ -90,5 +90,11 @@ class RowTemplate:
         data = "".join(["\t".join(row) + end for row in rows])
         if not data:
             return
-        with connection.cursor() as cursor, cursor.cursor.copy(self.statement) as copy:
+        # psycopg's errors as Django's (an IntegrityError for a unique key), as the ORM raises
+        # them: the COPY runs on the raw cursor, past Django's wrapper.
+        with (
+            connection.wrap_database_errors,
+            connection.cursor() as cursor,
+            cursor.cursor.copy(self.statement) as copy,
+        ):
             copy.write(data)

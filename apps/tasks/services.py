@@ -26,6 +26,7 @@ from apps.core.parsers import json_problem
 from apps.handlers.registry import (
     AnyPayload,
     TaskTypeSpec,
+    get_task_type,
     require_enabled_task_type,
     require_task_type,
     validate_payload,
@@ -145,6 +146,45 @@ def _active_cap_error(cap: int) -> ApplicationError:
 
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_KEY_LENGTH: int = Task._meta.get_field("idempotency_key").max_length  # type: ignore[assignment]
+_KEY_CONSTRAINT = "task_unique_idempotency_key_per_owner"
+# A bulk create's tasks hold its key: the first task the key itself, task i (from 1) the key and
+# "#bulk<i>". A replay finds all of them by their keys, and the key itself, held as a single
+# create holds it, makes a bulk and a single create with one key exclude each other through the
+# unique constraint (also when they race), as two requests of one kind do.
+_BULK_KEY_SUFFIX = "#bulk"
+# A bulk's tasks carry the fingerprint of the whole request, marked (a single create's is a bare
+# sha256 in hex, 64 characters, the column's length): a create of either kind that meets the
+# other's task can say so rather than "a different body".
+_BULK_FINGERPRINT_PREFIX = "bulk:"
+
+
+def bulk_idempotency_key_max_length() -> int:
+    """The longest key a bulk create takes: its last task's key must fit the column."""
+    last = settings.TASKFLOW["BULK_MAX_TASKS"] - 1
+    return _KEY_LENGTH - len(f"{_BULK_KEY_SUFFIX}{last}")
+
+
+def check_idempotency_key(key: str, *, bulk: bool = False) -> None:
+    """A 400 unless `key` is 1 to N printable characters: N is the column's length, or less for
+    a bulk create (`bulk_idempotency_key_max_length`). Printable: a NUL reached PostgreSQL (which
+    cannot store it) as a 500."""
+    longest = bulk_idempotency_key_max_length() if bulk else _KEY_LENGTH
+    if 1 <= len(key) <= longest and key.isprintable():
+        return
+    if bulk:
+        message = (
+            f"The Idempotency-Key header of a bulk create must be 1 to {longest} printable "
+            f"characters: each task's key is the header and {_BULK_KEY_SUFFIX}<n>, at most "
+            f"{_KEY_LENGTH} characters."
+        )
+        field = f"Must be 1 to {longest} printable characters (a bulk adds {_BULK_KEY_SUFFIX}<n>)."
+    else:
+        message = f"The Idempotency-Key header must be 1 to {longest} printable characters."
+        field = f"Must be 1 to {longest} printable characters."
+    raise ApplicationError(message, code="validation_error", fields={"Idempotency-Key": [field]})
 
 
 def _default_max_retries(spec: TaskTypeSpec) -> int:
@@ -420,12 +460,19 @@ def _bulk_row(
     return kind, text, max_retries, run_at
 
 
-def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[NewTask]:
+def task_create_bulk(
+    *, owner: User, items: list[dict[str, Any]], idempotency_key: str | None = None
+) -> tuple[list[NewTask], bool]:
     """Create many tasks at once: all valid or none created; one transaction; one publish pass.
+    Returns (the tasks, in the items' order; created).
 
     Errors name the item: {"tasks[3].payload.duration": [...]}. Each item passes the single
     create's rules (`_new_task`), with the type's lookups and payload serializer made once per
     call; the rows are written with COPY straight from the checked values (apps.tasks.rows).
+
+    With an idempotency key, a repeat of the same request (the same items in the same order)
+    creates nothing and returns the first request's tasks as they are now; the same key with
+    another request, or a key a single create holds, is a 409 (`_bulk_keys`, `_bulk_replay`).
     """
     limit = settings.TASKFLOW["BULK_MAX_TASKS"]
     if not 1 <= len(items) <= limit:
@@ -434,6 +481,17 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[NewTas
             code="validation_error",
             fields={"tasks": [f"Give 1 to {limit} tasks."]},
         )
+    keys: list[str] = []
+    fingerprint = ""
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key, bulk=True)
+        keys = _bulk_keys(idempotency_key, len(items))
+        fingerprint = _bulk_fingerprint(items)
+        # Before the items' checks, as for a single create: a repeat is answered even once a
+        # run_at has passed or the owner is at the active-task cap, since it asks for nothing new.
+        replayed = _bulk_replay(owner, keys, fingerprint)
+        if replayed is not None:
+            return replayed, False
     kinds: dict[str, _BulkType | ApplicationError] = {}
     checked: list[tuple[_BulkType, str, int, datetime | None]] = []
     errors: dict[str, Any] = {}
@@ -494,11 +552,104 @@ def task_create_bulk(*, owner: User, items: list[dict[str, Any]]) -> list[NewTas
         )
         history_rows.append((task_id, status, at))
         created.append(NewTask(task_id, kind.spec.name, status, run_at, dispatch_id))
-    with transaction.atomic():
-        _task_rows(owner).copy(task_rows)
-        _history_rows(owner).copy(history_rows)
-        publisher.publish_on_commit(dispatches, from_request=True)
-    return created
+    if keys:
+        task_rows = [(*row, escape(key)) for row, key in zip(task_rows, keys, strict=True)]
+    try:
+        # In a caller's transaction, a savepoint (a refused key must not abort it, as for a
+        # single create).
+        with transaction.atomic():
+            _task_rows(owner, fingerprint).copy(task_rows)
+            _history_rows(owner).copy(history_rows)
+            publisher.publish_on_commit(dispatches, from_request=True)
+    except IntegrityError as exc:
+        if not keys or not _violates(exc, _KEY_CONSTRAINT):
+            raise
+        # A concurrent request holding one of the keys committed after our look-up (our COPY
+        # waited for it, then failed): answer as if it had come first.
+        replayed = _bulk_replay(owner, keys, fingerprint)
+        if replayed is None:  # its tasks were deleted since: not for us to guess
+            raise Conflict(
+                "A concurrent request used this Idempotency-Key: send the request again.",
+                code="idempotency_key_reused",
+                fields={"Idempotency-Key": ["Used by a concurrent request."]},
+            ) from None
+        return replayed, False
+    return created, True
+
+
+def _violates(exc: IntegrityError, constraint: str) -> bool:
+    """Whether `exc` is PostgreSQL's refusal by this constraint (Django's error wraps psycopg's)."""
+    diag = getattr(exc.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) == constraint
+
+
+def _bulk_keys(key: str, count: int) -> list[str]:
+    """The keys of a bulk create's `count` tasks (see _BULK_KEY_SUFFIX)."""
+    return [key, *(f"{key}{_BULK_KEY_SUFFIX}{number}" for number in range(1, count))]
+
+
+def _bulk_fingerprint(items: list[dict[str, Any]]) -> str:
+    """The whole request's fingerprint: each item as a single create's (`task_create`: an
+    omitted max_retries is the type's default), in order; marked as a bulk's."""
+    defaults: dict[Any, int | None] = {}
+    parts = []
+    for item in items:
+        name, max_retries = item.get("type"), item.get("max_retries")
+        if max_retries is None:
+            if name not in defaults:
+                # An unknown type has no default: the items' checks refuse it after the look-up.
+                spec = get_task_type(name) if isinstance(name, str) else None
+                defaults[name] = None if spec is None else _default_max_retries(spec)
+            max_retries = defaults[name]
+        parts.append((name, item.get("payload"), max_retries, item.get("run_at")))
+    digest = _fingerprint(*parts)
+    return _BULK_FINGERPRINT_PREFIX + digest[: len(digest) - len(_BULK_FINGERPRINT_PREFIX)]
+
+
+def _bulk_replay(owner: User, keys: list[str], fingerprint: str) -> list[NewTask] | None:
+    """The tasks a bulk create with these keys and fingerprint made, in order, as they are now;
+    None if no task holds any of the keys; a 409 if another request holds one (or if some of
+    the tasks were deleted: the answer cannot be given again). One query."""
+    # Found through the unique constraint's index: (owner, key) = ANY(keys). No ORDER BY (the
+    # model's ordering would sort them): the keys give the order.
+    found = Task.objects.filter(owner=owner, idempotency_key__in=keys).order_by()
+    rows = {
+        row[0]: row
+        for row in found.values_list(
+            "idempotency_key",
+            "idempotency_fingerprint",
+            "id",
+            "type",
+            "status",
+            "run_at",
+            "dispatch_id",
+        )
+    }
+    if not rows:
+        return None
+    for number, key in enumerate(keys):
+        row = rows.get(key)
+        if row is not None and not row[1].startswith(_BULK_FINGERPRINT_PREFIX):
+            which = "This Idempotency-Key" if number == 0 else f"The key {key!r} (task {number}'s)"
+            raise Conflict(
+                f"{which} was already used by a single create (POST /api/tasks): use another "
+                "Idempotency-Key for this bulk create.",
+                code="idempotency_key_reused",
+                fields={"Idempotency-Key": ["Already used by a single create (POST /api/tasks)."]},
+            )
+    if any(row[1] != fingerprint for row in rows.values()):
+        raise _key_reused()
+    if len(rows) < len(keys):
+        raise Conflict(
+            "Some of the tasks created with this Idempotency-Key were deleted, so the request "
+            "cannot be answered again: use another key.",
+            code="idempotency_key_reused",
+            fields={"Idempotency-Key": ["Some of the tasks created with it were deleted."]},
+        )
+    return [
+        NewTask(str(task_id), name, status, run_at, str(dispatch_id) if dispatch_id else None)
+        for _, _, task_id, name, status, run_at, dispatch_id in (rows[key] for key in keys)
+    ]
 
 
 _TASK_VARYING = (
@@ -515,9 +666,15 @@ _TASK_VARYING = (
 )
 
 
-def _task_rows(owner: User) -> RowTemplate:
-    """The owner's new tasks: every column but `_TASK_VARYING` as a created task has it."""
-    return RowTemplate(Task(owner=owner), _TASK_VARYING)
+def _task_rows(owner: User, fingerprint: str = "") -> RowTemplate:
+    """The owner's new tasks: every column but `_TASK_VARYING` as a created task has it. With a
+    bulk's idempotency fingerprint, each row also gives its key (`_bulk_keys`), last."""
+    if not fingerprint:
+        return RowTemplate(Task(owner=owner), _TASK_VARYING)
+    return RowTemplate(
+        Task(owner=owner, idempotency_fingerprint=fingerprint),
+        (*_TASK_VARYING, "idempotency_key"),
+    )
 
 
 def _history_rows(owner: User) -> RowTemplate:
@@ -528,13 +685,25 @@ def _history_rows(owner: User) -> RowTemplate:
 
 
 def _idempotent_replay(existing: Task, fingerprint: str) -> Task:
-    if existing.idempotency_fingerprint != fingerprint:
+    if existing.idempotency_fingerprint.startswith(_BULK_FINGERPRINT_PREFIX):
+        # The key (or `key#bulk<n>`) of a bulk create's task (`_bulk_keys`): not this request's.
         raise Conflict(
-            "This Idempotency-Key was already used with a different request.",
+            "This Idempotency-Key was already used by a bulk create (POST /api/tasks/bulk): use "
+            "another key.",
             code="idempotency_key_reused",
-            fields={"Idempotency-Key": ["Already used with a different request body."]},
+            fields={"Idempotency-Key": ["Already used by a bulk create (POST /api/tasks/bulk)."]},
         )
+    if existing.idempotency_fingerprint != fingerprint:
+        raise _key_reused()
     return existing
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "This Idempotency-Key was already used with a different request.",
+        code="idempotency_key_reused",
+        fields={"Idempotency-Key": ["Already used with a different request body."]},
+    )
 
 
 def task_update(

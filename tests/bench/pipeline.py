@@ -165,7 +165,8 @@ def _bulk(user: User, numbers: range, run_at: list[datetime] | None) -> list[ser
         if run_at is not None:
             item["run_at"] = run_at[number]
         items.append(item)
-    return services.task_create_bulk(owner=user, items=items)
+    tasks, _ = services.task_create_bulk(owner=user, items=items)
+    return tasks
 
 
 def settled(user: User) -> dict[str, Any]:
@@ -305,7 +306,8 @@ def latency(
                     items = [
                         {"type": "echo", "payload": {"i": number, "j": j}} for j in range(per_call)
                     ]
-                    ids.extend(new.id for new in services.task_create_bulk(owner=user, items=items))
+                    tasks, _ = services.task_create_bulk(owner=user, items=items)
+                    ids.extend(new.id for new in tasks)
         finally:
             connection.close()
 

@@ -78,7 +78,7 @@ def run_once(owner: User) -> None:
     singles = [create_task(owner, "echo", {"n": n}) for n in range(4)]
     run_as_batch([(str(t.id), str(t.dispatch_id)) for t in singles])
     items = [{"type": "echo", "payload": {"n": n}} for n in range(4)]
-    bulk = services.task_create_bulk(owner=owner, items=items)
+    bulk, _ = services.task_create_bulk(owner=owner, items=items)
     run_as_batch([(str(new.id), str(new.dispatch_id)) for new in bulk])
 
 

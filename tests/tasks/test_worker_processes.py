@@ -185,7 +185,7 @@ def test_a_batched_type_runs_four_to_a_message_and_a_killed_pool_process_loses_n
     touched."""
     payloads: list[dict[str, Any]] = [{"n": n} for n in range(8)]
     payloads[1] = {"crash_marker": str(tmp_path / "crashed")}
-    created = services.task_create_bulk(
+    created, _ = services.task_create_bulk(
         owner=user, items=[{"type": "test_batched", "payload": p} for p in payloads]
     )
     tasks = [Task.objects.get(id=new.id) for new in created]
