@@ -255,6 +255,9 @@ TASKFLOW = {
     "REPUBLISH_AFTER_SECONDS": env.float("REPUBLISH_AFTER_SECONDS", default=10.0),
     # A queued task published this long ago, whose queue holds no ready message, lost its message.
     "LOST_MESSAGE_AFTER_SECONDS": env.float("LOST_MESSAGE_AFTER_SECONDS", default=60.0),
+    # Finished tasks (with their attempts and history) are deleted this many days after they
+    # finished, once an hour (0: kept for ever).
+    "TASK_RETENTION_DAYS": env.int("TASK_RETENTION_DAYS", default=0),
     # Extra handler modules to import at start-up (besides the built-ins and entry points).
     "HANDLER_MODULES": env.list("TASKFLOW_HANDLER_MODULES", default=[]),
     "MAX_PAYLOAD_BYTES": env.int("MAX_PAYLOAD_BYTES", default=256 * 1024),

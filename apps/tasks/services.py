@@ -916,6 +916,37 @@ def release_due_tasks(*, batch_size: int | None = None, max_batches: int = 20) -
     return released + slots.release_waiting_everywhere()
 
 
+def delete_expired_tasks(
+    *, retention_days: int | None = None, batch_size: int = 1000, max_batches: int = 100
+) -> int:
+    """Delete the tasks that finished more than TASK_RETENTION_DAYS ago, with their attempts and
+    history (0: none). In batches of one transaction each, so that a first run on a large table
+    neither holds one long transaction nor blocks the workers. Returns how many tasks went."""
+    days = settings.TASKFLOW["TASK_RETENTION_DAYS"] if retention_days is None else retention_days
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    finished = list(FINAL_STATES)
+    deleted = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            # SKIP LOCKED: a task a user is retrying by hand right now is left for the next run.
+            batch = list(
+                Task.objects.filter(status__in=finished, finished_at__lt=cutoff)
+                .order_by()
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)[:batch_size]
+            )
+            if batch:
+                Task.objects.filter(id__in=batch, status__in=finished).delete()
+        deleted += len(batch)
+        if len(batch) < batch_size:
+            break
+    if deleted:
+        logger.info("Deleted %d task(s) finished more than %d day(s) ago", deleted, days)
+    return deleted
+
+
 def _publish_again_on_commit(tasks: list[Task]) -> list[int]:
     """Publish the tasks' new dispatches once the transaction commits; the list it returns then
     holds how many the broker confirmed (at once when the caller's block is the outermost)."""

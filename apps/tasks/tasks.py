@@ -104,6 +104,28 @@ def release_due() -> dict[str, int]:
     }
 
 
+DELETE_EXPIRED_TASK_NAME = "tasks.delete_expired"
+DELETE_EXPIRED_SCHEDULE_NAME = "taskflow: delete expired tasks"
+
+
+@shared_task(name=DELETE_EXPIRED_TASK_NAME, ignore_result=True, acks_late=False)
+def delete_expired() -> int:
+    return services.delete_expired_tasks()
+
+
+@beat_init.connect
+def ensure_delete_expired_schedule_on_beat_start(sender: Any, **kwargs: Any) -> None:
+    from apps.core.schedules import ensure_periodic_task
+
+    ensure_periodic_task(
+        name=DELETE_EXPIRED_SCHEDULE_NAME,
+        task=DELETE_EXPIRED_TASK_NAME,
+        every=1,
+        period="hours",
+        expire_seconds=3600,  # a run missed is done by the next one
+    )
+
+
 @worker_ready.connect
 def declare_topology_on_worker_start(sender: Any, **kwargs: Any) -> None:
     with sender.app.connection_for_write() as connection:
