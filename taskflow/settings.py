@@ -255,6 +255,9 @@ TASKFLOW = {
     "REPUBLISH_AFTER_SECONDS": env.float("REPUBLISH_AFTER_SECONDS", default=10.0),
     # A queued task published this long ago, whose queue holds no ready message, lost its message.
     "LOST_MESSAGE_AFTER_SECONDS": env.float("LOST_MESSAGE_AFTER_SECONDS", default=60.0),
+    # While Redis does not answer, task types' rate limits are not enforced ("open": tasks start)
+    # or their tasks wait until it answers ("closed"). Concurrency limits need only PostgreSQL.
+    "RATE_LIMITS_WITHOUT_REDIS": env.str("RATE_LIMITS_WITHOUT_REDIS", default="open"),
     # Finished tasks (with their attempts and history) are deleted this many days after they
     # finished, once an hour (0: kept for ever).
     "TASK_RETENTION_DAYS": env.int("TASK_RETENTION_DAYS", default=0),

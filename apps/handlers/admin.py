@@ -404,8 +404,11 @@ class TaskTypeAdmin(admin.ModelAdmin):  # type: ignore[type-arg,unused-ignore]
         if limited and not limits.rate_limits_enforced():
             self.message_user(
                 request,
-                "Redis does not answer: rate limits are NOT enforced now (tasks start unlimited "
-                "until it is back). Concurrency limits are, through PostgreSQL.",
+                "Redis does not answer: the tasks of rate-limited types are HELD until it is back "
+                "(RATE_LIMITS_WITHOUT_REDIS=closed). Concurrency limits hold, through PostgreSQL."
+                if limits.fails_closed()
+                else "Redis does not answer: rate limits are NOT enforced now (tasks start "
+                "unlimited until it is back). Concurrency limits are, through PostgreSQL.",
                 messages.WARNING,
             )
         return super().changelist_view(request, extra_context=extra_context)

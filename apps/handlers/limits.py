@@ -6,7 +6,9 @@ Rate limit (N per second or minute): a Redis key per type holds the earliest tim
 may start (GCRA, the "theoretical arrival time" form of a token bucket), updated by a Lua script,
 atomically for all workers, on Redis's clock. Starts are spaced evenly, period / N apart: at most
 N + 1 start in any window of one period. If Redis does not answer, the limit fails open (tasks
-start; a warning is logged, and the admin says the limits are not enforced).
+start; a warning is logged, and the admin says the limits are not enforced), or, with
+RATE_LIMITS_WITHOUT_REDIS=closed, fails closed (the tasks of rate-limited types are held until
+Redis answers again).
 
 Concurrency limit (at most N running): PostgreSQL decides, in the claim itself. A claim of a
 limited type first takes a transaction-scoped advisory lock on the type, then claims only if
@@ -26,6 +28,7 @@ import threading
 import time
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
 
@@ -64,12 +67,20 @@ class _FailOpen:
     def is_open(self) -> bool:
         return time.monotonic() < self._until
 
+    def seconds_left(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
     def trip(self, exc: BaseException) -> None:
         with self._lock:
             if not self.is_open():
+                what = (
+                    "tasks of rate-limited types are HELD"
+                    if fails_closed()
+                    else "Task type rate limits are NOT enforced"
+                )
                 logger.warning(
-                    "Task type rate limits are NOT enforced for %.0f s: Redis did not answer "
-                    "(%s: %s)",
+                    "%s for %.0f s: Redis did not answer (%s: %s)",
+                    what,
                     FAIL_OPEN_SECONDS,
                     type(exc).__name__,
                     exc,
@@ -96,12 +107,25 @@ def rate_key(type_name: str) -> str:
     return str(caches["default"].make_key(f"taskflow:rate:{type_name}"))
 
 
+def fails_closed() -> bool:
+    """Whether rate-limited tasks wait (rather than start unlimited) while Redis is away."""
+    return bool(settings.TASKFLOW["RATE_LIMITS_WITHOUT_REDIS"] == "closed")
+
+
+def _without_redis() -> float | None:
+    # Closed: until Redis is asked again (the spread of rate_hold_seconds comes on top).
+    return max(fail_open.seconds_left(), 1.0) if fails_closed() else None
+
+
 def rate_limit_wait(spec: TaskTypeSpec) -> float | None:
     """None if a task of `spec` may start now (its start is booked), else the seconds until
-    one may. Without a rate limit, or with Redis away, None."""
+    one may. Without a rate limit, None. With Redis away, None (fail open) or the time until
+    Redis is asked again (RATE_LIMITS_WITHOUT_REDIS=closed)."""
     rate = spec.rate_limit
-    if rate is None or fail_open.is_open():
+    if rate is None:
         return None
+    if fail_open.is_open():
+        return _without_redis()
     interval_us = max(1, round(rate.interval_seconds * 1_000_000))
     try:
         client = _redis()
@@ -109,9 +133,9 @@ def rate_limit_wait(spec: TaskTypeSpec) -> float | None:
         if script is None:
             script = _scripts.setdefault(id(client), client.register_script(_GCRA))
         wait_us = int(script(keys=[rate_key(spec.name)], args=[interval_us]))
-    except Exception as exc:  # any Redis or connection error: fail open
+    except Exception as exc:  # any Redis or connection error
         fail_open.trip(exc)
-        return None
+        return _without_redis()
     return wait_us / 1_000_000 if wait_us > 0 else None
 
 

@@ -39,3 +39,16 @@ def time_limits_under_consumer_timeout(app_configs: Any, **kwargs: Any) -> list[
                 )
             )
     return errors
+
+
+@register()
+def rate_limits_without_redis_is_known(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    value = settings.TASKFLOW["RATE_LIMITS_WITHOUT_REDIS"]
+    if value in ("open", "closed"):
+        return []
+    return [
+        Error(
+            f"RATE_LIMITS_WITHOUT_REDIS must be open or closed, not {value!r}.",
+            id="tasks.E003",
+        )
+    ]

@@ -297,6 +297,31 @@ def test_with_redis_away_the_rate_limit_fails_open_and_says_so(user, settings, c
     assert limits.fail_open.is_open()
 
 
+def test_with_redis_away_and_the_limit_set_to_fail_closed_tasks_wait(user, settings, caplog):
+    limit("echo", rate_limit_count=100, rate_limit_period="second")
+    settings.TASKFLOW = {**settings.TASKFLOW, "RATE_LIMITS_WITHOUT_REDIS": "closed"}
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"},
+    }
+    tasks = [create(user, "echo", {"n": n}) for n in range(3)]
+    before = timezone.now()
+
+    with caplog.at_level(logging.WARNING, logger="apps.handlers.limits"):
+        outcomes = [deliver(task) for task in tasks]
+
+    assert [(o.action, t.status) for o, t in zip(outcomes, tasks, strict=True)] == [
+        ("held", S.POSTPONED)
+    ] * 3
+    assert all(t.attempts == 0 for t in tasks)
+    # Back when Redis is asked again (5 s), plus the spread (here at most 4 turns of 10 ms).
+    run_ats = [t.run_at for t in tasks]
+    latest = before + timedelta(seconds=6)
+    assert all(at is not None and before + timedelta(seconds=0.9) < at < latest for at in run_ats)
+    assert caplog.text.count("tasks of rate-limited types are HELD") == 1
+    assert "NOT enforced" not in caplog.text
+
+
 # --- Two real workers ---------------------------------------------------------------------------
 
 

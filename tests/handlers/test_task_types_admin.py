@@ -319,3 +319,7 @@ def test_the_admin_says_when_rate_limits_are_not_enforced(staff, settings):
     }
     page = wait_for(lambda: staff.get(LIST).content.decode(), what="the list")
     assert "Redis does not answer: rate limits are NOT enforced now" in page
+    settings.TASKFLOW = {**settings.TASKFLOW, "RATE_LIMITS_WITHOUT_REDIS": "closed"}
+    page = staff.get(LIST).content.decode()
+    assert "the tasks of rate-limited types are HELD until it is back" in page
+    assert "NOT enforced" not in page
