@@ -13,6 +13,8 @@ the dead-letter queue.
 
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +36,8 @@ from apps.handlers.services import type_disabled_for_hold
 from apps.tasks import slots
 from apps.tasks.backoff import retry_wait
 from apps.tasks.models import AttemptOutcome, Task
-from apps.tasks.publisher import DeadLetter, publish_dead_letters
+from apps.tasks.publisher import DeadLetter, batch_task_time_limit, publish_dead_letters
+from apps.tasks.soft_limit import soft_time_limit
 from apps.tasks.states import TaskStatus
 from apps.tasks.transitions import (
     AttemptFinish,
@@ -51,6 +54,11 @@ logger = logging.getLogger(__name__)
 S = TaskStatus
 
 LEASE_GRACE_SECONDS = 60
+
+# A batch records the successes it holds before its next task once this long has passed since
+# it last recorded (or claimed): a hard kill then loses little succeeded work. Short handlers
+# (`echo`: a batch of 16 in milliseconds) never reach it: one finish statement per batch.
+RECORD_SUCCEEDED_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,10 @@ def handle_delivery(
     worker: str,
     task_type: str = "",
     time_limit: float | None = None,
+    handler_time_limit: float | None = None,
 ) -> DeliveryOutcome:
-    """`time_limit`: the hard time limit the worker enforces on the message (the lease's)."""
+    """`time_limit`: the hard time limit the worker enforces on the message (the lease's).
+    `handler_time_limit`: a soft limit of the handler's own (a task of a batched message)."""
     spec = get_task_type(task_type) if task_type else None
     if spec is not None and spec.enabled and not spec.rate_limit:
         # The common case: the message names an enabled type without a rate limit, so nothing
@@ -139,7 +149,7 @@ def handle_delivery(
             time_limit=time_limit,
         )
     if claimed is not None:
-        status = run_claimed(claimed.task, spec)
+        status = run_claimed(claimed.task, spec, time_limit=handler_time_limit)
         if spec is not None and spec.concurrency_limit:
             # Its slot is free: hand it to the type's longest-waiting task, now rather than at
             # the releaser's next tick.
@@ -203,10 +213,18 @@ def handle_batch(
     worker: str,
     queue: str = "",
     time_limit: float | None = None,
+    soft_time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     """A batched message's (task_id, dispatch_id) pairs: claim them in one statement, run their
     handlers one after another, and record their successes in one statement (any other ending
     is recorded as the task's own, when it happens). Returns (task_id, dispatch_id, outcome)s.
+
+    Each handler has a soft time limit of its own: the type's limit the message was published
+    with (from the message's `soft_time_limit`, which is that times its tasks plus a margin),
+    else the type's limit now. The message's limits stay as the last resort. Successes are
+    recorded before the next task once the batch has run RECORD_SUCCEEDED_AFTER_SECONDS since
+    it last recorded them (a task that hit its limit always has), and when the batch is left by
+    an exception, so that a hard kill or a redelivery does not run them again.
 
     A redelivered batch, or one whose type may now hold its tasks (disabled, or given a rate or
     concurrency limit since it was published), goes task by task through `handle_delivery`,
@@ -222,6 +240,7 @@ def handle_batch(
         redelivered=redelivered,
         worker=worker,
         time_limit=time_limit,
+        handler_limit=batch_task_time_limit(soft_time_limit, tasks=len(pairs)),
     )
     reason = f"failed in a batched message from queue {queue or '?'}"
     dead = [
@@ -245,6 +264,7 @@ def _run_batch(
     redelivered: bool,
     worker: str,
     time_limit: float | None = None,
+    handler_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     wellformed: dict[str, str] = {}
     dropped: list[tuple[str, str, DeliveryOutcome]] = []
@@ -259,6 +279,7 @@ def _run_batch(
         redelivered=redelivered,
         worker=worker,
         time_limit=time_limit,
+        handler_limit=handler_limit,
     )
 
 
@@ -269,10 +290,16 @@ def _run_pairs(
     redelivered: bool,
     worker: str,
     time_limit: float | None = None,
+    handler_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     if not pairs:
         return []
     spec = get_task_type(task_type)
+    # Each task's handler has the type's limit of its own, as it would in a message of its own
+    # (the one published with; the type's now if the message does not say). The message's
+    # limits (the type's times its tasks, plus margins) stay as the last resort.
+    if not handler_limit and spec is not None:
+        handler_limit = spec.time_limit_seconds
     if redelivered or spec is None or spec.message_batch_size < 2:
         return [
             (
@@ -285,6 +312,7 @@ def _run_pairs(
                     redelivered=redelivered,
                     worker=worker,
                     time_limit=time_limit,
+                    handler_time_limit=handler_limit,
                 ),
             )
             for task_id, dispatch_id in pairs
@@ -309,25 +337,55 @@ def _run_pairs(
         )
     }
     outcomes: list[tuple[str, str, DeliveryOutcome]] = []
-    succeeded: list[tuple[Task, Succeeded]] = []
-    for task_id, dispatch_id in pairs:
-        task = claimed.get(task_id)
-        if task is None:
-            outcome = _not_claimed(
-                task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=False
-            )
-            outcomes.append((task_id, dispatch_id, outcome))
-            continue
-        ran = _run_handler(task, spec)
-        if isinstance(ran, Succeeded):
-            succeeded.append((task, ran))
-        else:
-            outcomes.append((task_id, dispatch_id, DeliveryOutcome("ran", status=ran)))
-    finished = _finish_succeeded(succeeded)
-    for task, _ in succeeded:
-        task_id = str(task.id)
-        status = S.SUCCEEDED if task_id in finished else _settled_elsewhere(task)
-        outcomes.append((task_id, str(task.dispatch_id), DeliveryOutcome("ran", status=status)))
+    succeeded: list[tuple[Task, Succeeded]] = []  # not recorded yet
+
+    def record_succeeded() -> None:
+        finished = _finish_succeeded(succeeded)
+        for task, _ in succeeded:
+            task_id = str(task.id)
+            status = S.SUCCEEDED if task_id in finished else _settled_elsewhere(task)
+            outcomes.append((task_id, str(task.dispatch_id), DeliveryOutcome("ran", status=status)))
+        succeeded.clear()
+
+    # The successes are recorded together at the end, unless the batch has taken a while since
+    # it last recorded them: then before its next task, which might run until the message's
+    # hard limit kills the process (and with it every unrecorded success). A task that hit its
+    # own limit took at least that long, so the ones before it are recorded before the next.
+    record_after = min(RECORD_SUCCEEDED_AFTER_SECONDS, handler_limit or math.inf)
+    recorded_at = time.monotonic()
+    try:
+        for task_id, dispatch_id in pairs:
+            task = claimed.get(task_id)
+            if task is None:
+                outcome = _not_claimed(
+                    task_id=task_id, dispatch_id=dispatch_id, spec=spec, redelivered=False
+                )
+                outcomes.append((task_id, dispatch_id, outcome))
+                continue
+            if succeeded and time.monotonic() - recorded_at >= record_after:
+                record_succeeded()
+                recorded_at = time.monotonic()
+            ran = _run_handler(task, spec, time_limit=handler_limit)
+            if isinstance(ran, Succeeded):
+                succeeded.append((task, ran))
+            else:
+                outcomes.append((task_id, dispatch_id, DeliveryOutcome("ran", status=ran)))
+    except BaseException:
+        # Leaving the batch half done (the database, the message's own soft limit outside a
+        # handler, a shutdown): what succeeded is recorded if it can be, so that the message's
+        # redelivery does not count those tasks lost and run them again.
+        if succeeded:
+            try:
+                record_succeeded()
+            except Exception:
+                logger.warning(
+                    "A batch of %s left early could not record its %d success(es)",
+                    task_type,
+                    len(succeeded),
+                    exc_info=True,
+                )
+        raise
+    record_succeeded()
     return outcomes
 
 
@@ -482,9 +540,9 @@ def _hold(
     return DeliveryOutcome("held", status=S.POSTPONED, note=reason)
 
 
-def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
+def run_claimed(task: Task, spec: TaskTypeSpec | None, *, time_limit: float | None = None) -> str:
     """Run the handler of a task this worker has claimed, and record how the attempt ended."""
-    ran = _run_handler(task, spec)
+    ran = _run_handler(task, spec, time_limit=time_limit)
     if isinstance(ran, Succeeded):
         return _finish(
             task,
@@ -495,9 +553,12 @@ def run_claimed(task: Task, spec: TaskTypeSpec | None) -> str:
     return ran
 
 
-def _run_handler(task: Task, spec: TaskTypeSpec | None) -> Succeeded | str:
+def _run_handler(
+    task: Task, spec: TaskTypeSpec | None, *, time_limit: float | None = None
+) -> Succeeded | str:
     """Run the handler of a claimed task: its result, or (any other ending, recorded here) the
-    status the task went to."""
+    status the task went to. `time_limit`: a soft limit of the handler's own (apps.tasks.
+    soft_limit), for a task that shares its message; it ends as the message's soft limit does."""
     attempt = task.attempts
     bind_log_context(task_id=str(task.id), task_type=task.type, attempt=attempt)
     if spec is None:
@@ -512,7 +573,8 @@ def _run_handler(task: Task, spec: TaskTypeSpec | None) -> Succeeded | str:
         read_cancel_requested=lambda: _cancel_requested(task),
     )
     try:
-        result = spec.run(context, dict(task.payload))
+        with soft_time_limit(time_limit):
+            result = spec.run(context, dict(task.payload))
     except TaskCancelled as exc:
         return _finish(task, S.CANCELLED, AttemptOutcome.CANCELLED, error=str(exc) or "cancelled")
     except PermanentError as exc:

@@ -367,6 +367,16 @@ def _time_limits(limit: int | None, *, tasks: int, task: Any) -> dict[str, Any]:
     return {"soft_time_limit": task.soft_time_limit, "time_limit": task.time_limit}
 
 
+def batch_task_time_limit(soft_time_limit: float | None, *, tasks: int) -> float | None:
+    """The type's limit a batched message of `tasks` tasks was published with, from the soft
+    limit the message carries (`_time_limits` backwards): what each of its tasks gets as its own
+    (apps.tasks.execution). None if the message carries no soft limit."""
+    if not soft_time_limit or tasks < 1:
+        return None
+    limit = (soft_time_limit - SOFT_LIMIT_MARGIN_SECONDS) / tasks
+    return limit if limit > 0 else None
+
+
 def publish(dispatches: Sequence[Dispatch]) -> list[Dispatch]:
     """Publish the dispatches; return those the broker confirmed.
 

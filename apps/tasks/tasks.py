@@ -52,6 +52,13 @@ def message_time_limit(task: Any) -> float | None:
     return float(limit) if limit else None
 
 
+def carried_soft_time_limit(task: Any) -> float | None:
+    """The soft time limit the message being run carries (set by the publisher from the type's
+    limit), None if it carries none: a batch's tasks get their own limits from it."""
+    soft = (task.request.timelimit or (None, None))[1]
+    return float(soft) if soft else None
+
+
 @shared_task(name="tasks.execute", **EXECUTION_TASK_OPTIONS)
 def execute(self: Any, task_id: str, dispatch_id: str, task_type: str = "") -> str:
     delivery_info = self.request.delivery_info or {}
@@ -86,6 +93,7 @@ def execute_batch(self: Any, task_type: str, pairs: list[list[str]]) -> dict[str
                 worker=f"{self.request.hostname}",
                 queue=str(delivery_info.get("routing_key") or ""),
                 time_limit=message_time_limit(self),
+                soft_time_limit=carried_soft_time_limit(self),
             )
     except execution.DeadLettersNotPublished as exc:
         time.sleep(DATABASE_AWAY_PAUSE_SECONDS)

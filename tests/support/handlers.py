@@ -101,3 +101,26 @@ def batched(ctx: TaskContext, payload: dict[str, Any]) -> Any:
     if payload.get("nan"):
         return {"value": float("nan")}
     return payload
+
+
+@handler(
+    "test_batched_short", payload=AnyPayload, time_limit_seconds=2, batch_size=4, max_retries=1
+)
+def batched_short(ctx: TaskContext, payload: dict[str, Any]) -> Any:
+    """A batched type (4 to a message) with a short time limit (2 s a task). Appends
+    "task_id attempt pid" to the payload's `marker` file when it starts; then `sleep` (seconds:
+    past the limit, it hangs), `crash_marker` (kill its own process the first time, when that
+    file does not exist yet), `exit` (raise SystemExit, which no handler's ending catches);
+    otherwise it returns its payload."""
+    if payload.get("marker"):
+        with open(payload["marker"], "a") as marker:  # one short append: not interleaved
+            marker.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    crash = payload.get("crash_marker")
+    if crash and not os.path.exists(crash):
+        open(crash, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if payload.get("exit"):
+        raise SystemExit(payload["exit"])
+    return payload

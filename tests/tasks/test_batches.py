@@ -4,7 +4,11 @@ and broker."""
 
 import dataclasses
 import json
+import signal
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -12,7 +16,7 @@ from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.handlers.registry import RateLimit, get_task_type
-from apps.tasks import services
+from apps.tasks import execution, publisher, services
 from apps.tasks.deadletters import handle_dead_letter, parse_dead_letters
 from apps.tasks.execution import handle_batch
 from apps.tasks.models import AttemptOutcome, Task, TaskAttempt, TaskStatusChange
@@ -254,3 +258,118 @@ def test_a_dead_letter_seen_while_the_database_is_away_is_left_for_redelivery(us
     with pytest.raises(OperationalError):
         handle_dead_letter([[str(uuid.uuid4()), str(uuid.uuid4()), "echo"], {}, {}], message)  # type: ignore[arg-type]
     assert message.settled == []  # unacked: the broker delivers it again
+
+
+@contextmanager
+def sigalrm_recorded(timer_seconds: float = 0) -> Iterator[list[int]]:
+    """A SIGALRM handler of the test's own that records what reaches it (and, if
+    `timer_seconds`, a timer of its own armed), in place of pytest-timeout's for the block."""
+    fired: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        fired.append(signum)
+
+    saved_timer = signal.setitimer(signal.ITIMER_REAL, 0)
+    saved_handler = signal.signal(signal.SIGALRM, record)
+    try:
+        if timer_seconds:
+            signal.setitimer(signal.ITIMER_REAL, timer_seconds)
+        yield fired
+        assert signal.getsignal(signal.SIGALRM) is record
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved_handler)
+        if saved_timer[0]:
+            signal.setitimer(signal.ITIMER_REAL, *saved_timer)
+
+
+def test_a_task_that_hangs_in_a_batch_ends_at_its_own_limit_and_the_batch_goes_on(user):
+    """test_batched_short: 2 s a task. The second sleeps past it: SoftTimeLimitExceeded at 2 s
+    ends its attempt as the message's soft limit would (retryable); the third runs. The timer
+    is disarmed after each task and SIGALRM's handler put back: nothing fires afterwards."""
+    tasks = [
+        create_task(user, "test_batched_short", payload)
+        for payload in ({"n": 0}, {"sleep": 5}, {"n": 2})
+    ]
+    with sigalrm_recorded() as fired:
+        started = time.monotonic()
+        run_batch(tasks)
+        took = time.monotonic() - started
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert fired == []
+    assert 2 <= took < 4, took
+    assert statuses(tasks) == [S.SUCCEEDED, S.RETRYING, S.SUCCEEDED]
+    hung = Task.objects.get(id=tasks[1].id)
+    assert (hung.attempts, hung.error) == (1, "time limit exceeded")
+    attempt = TaskAttempt.objects.get(task=hung)
+    assert (attempt.outcome, attempt.error) == (AttemptOutcome.FAILED, "time limit exceeded")
+
+
+def test_a_timer_armed_before_a_batch_is_armed_again_with_what_it_had_left(user):
+    tasks = [create_task(user, "test_batched_short", {"n": n}) for n in range(3)]
+    with sigalrm_recorded(timer_seconds=250) as fired:
+        started = time.monotonic()
+        run_batch(tasks)
+        took = time.monotonic() - started
+        left, interval = signal.getitimer(signal.ITIMER_REAL)
+    assert 250 - took - 1 < left <= 250 - took + 0.01 and interval == 0  # (clocks' rounding)
+    assert fired == []
+    assert statuses(tasks) == [S.SUCCEEDED] * 3
+
+
+def test_a_batch_records_its_successes_before_its_next_task_once_it_has_taken_a_while(
+    user, settings, monkeypatch
+):
+    """Successes wait for the batch's end, unless the batch has run RECORD_SUCCEEDED_AFTER_SECONDS
+    since it last recorded them: then they are recorded before its next task (one statement)."""
+    settings.DATABASE_PREPARED_STATEMENTS = False  # Django's cursor, which the capture sees
+    monkeypatch.setattr(execution, "RECORD_SUCCEEDED_AFTER_SECONDS", 0.2)
+    payloads: list[dict[str, Any]] = [{"sleep": 0.3}, {"n": 1}, {"sleep": 0.3}, {"n": 3}]
+    tasks = [create_task(user, "test_batched_short", p) for p in payloads]
+    pairs = [(str(t.id), str(t.dispatch_id)) for t in tasks]
+    get_task_type("test_batched_short")  # the type cache, warm as in a running worker
+    with CaptureQueriesContext(connection) as queries:
+        handle_batch(task_type="test_batched_short", pairs=pairs, redelivered=False, worker="w")
+    touching_tasks = [q for q in queries.captured_queries if "tasks_task" in str(q["sql"])]
+    assert len(touching_tasks) == 4  # the claim; [1], before 2; [2, 3], before 4; [4], at the end
+    assert statuses(tasks) == [S.SUCCEEDED] * 4
+    finished = [Task.objects.get(id=t.id).finished_at for t in tasks]
+    assert finished[1] == finished[2]
+    assert len({finished[0], finished[1], finished[3]}) == 3
+
+
+def test_a_batch_left_by_an_exception_records_the_successes_it_holds(user):
+    """SystemExit (say) leaves the batch mid-way: the message will come back and settle what is
+    running as lost; the first task, already succeeded, is recorded now and will not run again."""
+    tasks = [
+        create_task(user, "test_batched_short", payload)
+        for payload in ({"n": 0}, {"exit": "stop"}, {"n": 2})
+    ]
+    with pytest.raises(SystemExit):
+        run_batch(tasks)
+    assert statuses(tasks) == [S.SUCCEEDED, S.RUNNING, S.RUNNING]
+    assert Task.objects.get(id=tasks[0].id).result == {"n": 0}
+
+
+def test_a_batch_s_tasks_get_the_limit_their_message_was_published_with(user):
+    """As a single message keeps its limits: a batch published while test_batched's limit was
+    1 s (its soft limit 4 x 1 + 5 s) gives each task 1 s, whatever the type says now (20 s)."""
+    soft = publisher._time_limits(1, tasks=4, task=None)["soft_time_limit"]
+    assert publisher.batch_task_time_limit(soft, tasks=4) == 1
+    assert publisher.batch_task_time_limit(None, tasks=4) is None
+    tasks = [
+        create_task(user, "test_batched", payload)
+        for payload in ({"n": 0}, {"sleep": 25}, {"n": 2}, {"n": 3})
+    ]
+    for task in tasks:
+        task.refresh_from_db()
+    started = time.monotonic()
+    handle_batch(
+        task_type="test_batched",
+        pairs=[(str(t.id), str(t.dispatch_id)) for t in tasks],
+        redelivered=False,
+        worker="w",
+        soft_time_limit=soft,
+    )
+    assert 1 <= time.monotonic() - started < 10
+    assert statuses(tasks) == [S.SUCCEEDED, S.RETRYING, S.SUCCEEDED, S.SUCCEEDED]

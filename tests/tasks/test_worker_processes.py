@@ -227,3 +227,84 @@ def test_a_real_worker_leases_by_the_time_limit_its_message_carries(user, broker
         lease = (task.lease_expires_at - task.started_at).total_seconds()
         assert lease >= settings.CELERY_TASK_TIME_LIMIT, lease
         task = wait_status(task, S.SUCCEEDED)  # the message's limit, not the type's 1 s, applies
+
+
+def _runs(marker: Path, task: Task) -> int:
+    """How many times the handler of `task` started (test_batched_short's marker lines)."""
+    lines = marker.read_text().splitlines() if marker.exists() else []
+    return sum(1 for line in lines if line.split()[0] == str(task.id))
+
+
+def _attempts(task: Task) -> list[tuple[str, str]]:
+    return list(
+        TaskAttempt.objects.filter(task=task).order_by("number").values_list("outcome", "error")
+    )
+
+
+def _create_batch(user: Any, payloads: list[dict[str, Any]]) -> list[Task]:
+    """One message: test_batched_short has batch_size 4 (a bulk create shares messages)."""
+    created = services.task_create_bulk(
+        owner=user, items=[{"type": "test_batched_short", "payload": p} for p in payloads]
+    )
+    return [Task.objects.get(id=new.id) for new in created]
+
+
+def test_a_task_that_hangs_in_a_batch_ends_at_its_own_time_limit(user, broker, tmp_path: Path):
+    """test_batched_short: 2 s a task, 4 to a message (whose limits are 4 x 2 s + margins). The
+    second task hangs: it ends at its own 2 s ("time limit exceeded", retrying), not at the
+    message's soft limit (13 s), and the other three run once each and succeed."""
+    marker = tmp_path / "runs.txt"
+    payloads: list[dict[str, Any]] = [{"n": n, "marker": str(marker)} for n in range(4)]
+    payloads[1]["sleep"] = 100
+    tasks = _create_batch(user, payloads)
+    with processes.running("worker", WORKER_CONCURRENCY="1") as started:
+        try:
+            for task in tasks[:1] + tasks[2:]:
+                wait_status(task, S.SUCCEEDED, timeout=40)
+            hung = wait_status(tasks[1], S.RETRYING, timeout=40)
+        except AssertionError:
+            raise AssertionError(processes.dump_logs(started)) from None
+    assert hung.attempts == 1 and hung.error == "time limit exceeded"
+    assert _attempts(hung) == [(AttemptOutcome.FAILED, "time limit exceeded")]
+    attempt = TaskAttempt.objects.get(task=hung, number=1)
+    assert attempt.finished_at is not None
+    ran_for = (attempt.finished_at - attempt.started_at).total_seconds()
+    assert 2 <= ran_for < 6, ran_for  # its own limit, from the batch's claim (task 1 is quick)
+    for task in tasks[:1] + tasks[2:]:
+        task.refresh_from_db()
+        assert task.attempts == 1 and _runs(marker, task) == 1
+        assert _attempts(task) == [(AttemptOutcome.SUCCEEDED, "")]
+        assert task.finished_at is not None
+        assert (task.finished_at - attempt.started_at).total_seconds() < 8
+    assert _runs(marker, hung) == 1
+
+
+def test_a_batch_records_its_successes_before_a_task_that_follows_a_hung_one(
+    user, broker, tmp_path: Path
+):
+    """The second task hangs to its limit, then the third kills its pool process (as the
+    message's hard limit would). The first task's success was recorded before the third began:
+    the message comes back and does not run it again. The third and fourth (claimed, not
+    finished) count one lost attempt each."""
+    marker = tmp_path / "runs.txt"
+    payloads: list[dict[str, Any]] = [{"n": n, "marker": str(marker)} for n in range(4)]
+    payloads[1]["sleep"] = 100
+    payloads[2]["crash_marker"] = str(tmp_path / "crashed")
+    tasks = _create_batch(user, payloads)
+    with processes.running("worker", WORKER_CONCURRENCY="1") as started:
+        try:
+            # The redelivered message goes task by task, in order: once the last is settled
+            # (a lost attempt), so is the first.
+            for task in tasks[1:]:
+                wait_status(task, S.RETRYING, timeout=40)
+        except AssertionError:
+            raise AssertionError(processes.dump_logs(started)) from None
+    assert (tmp_path / "crashed").exists()
+    first = tasks[0]
+    first.refresh_from_db()
+    assert (first.status, first.attempts, _runs(marker, first)) == (S.SUCCEEDED, 1, 1)
+    assert _attempts(first) == [(AttemptOutcome.SUCCEEDED, "")]
+    assert _attempts(tasks[1]) == [(AttemptOutcome.FAILED, "time limit exceeded")]
+    for task in tasks[2:]:
+        assert [outcome for outcome, _ in _attempts(task)] == [AttemptOutcome.LOST]
+    assert [_runs(marker, t) for t in tasks] == [1, 1, 1, 0]
