@@ -243,7 +243,7 @@ def _attempts(task: Task) -> list[tuple[str, str]]:
 
 def _create_batch(user: Any, payloads: list[dict[str, Any]]) -> list[Task]:
     """One message: test_batched_short has batch_size 4 (a bulk create shares messages)."""
-    created = services.task_create_bulk(
+    created, _ = services.task_create_bulk(
         owner=user, items=[{"type": "test_batched_short", "payload": p} for p in payloads]
     )
     return [Task.objects.get(id=new.id) for new in created]
