@@ -13,8 +13,9 @@ Redis answers again).
 Concurrency limit (at most N running): PostgreSQL decides, in the claim itself. A claim of a
 limited type first takes a transaction-scoped advisory lock on the type, then claims only if
 fewer than N tasks of the type are `running` (a partial index on running rows by type counts
-them). The running rows are the truth, so a crashed worker never leaks a slot: its task stops
-counting when its lost attempt is settled (redelivery or the lease reaper).
+them) and no older task of the type waits for a slot (first come, first served). The running
+rows are the truth, so a crashed worker never leaks a slot: its task stops counting when its lost
+attempt is settled (redelivery or the lease reaper).
 
 A task held back by a limit is not failed and uses no retry: it goes back to wait (`postponed`,
 with a history note "held: ..."). Held by the rate limit, the releaser queues it again at its
@@ -170,7 +171,10 @@ def lock_type_for_claim(type_name: str) -> None:
 
 
 def concurrency_condition(spec: TaskTypeSpec) -> tuple[str, tuple[object, ...]]:
-    """The claim's extra WHERE: fewer than the limit of the type's tasks are running."""
+    """The claim's extra WHERE: fewer than the limit of the type's tasks are running, and no
+    older task of the type waits in its line for a slot (apps.tasks.slots), so that a task
+    published while a slot is free does not take it ahead of those waiting: it joins the line
+    behind them (first come, first served; the hold then releases the oldest)."""
     from apps.tasks.models import Task
 
     if spec.concurrency_limit is None:
@@ -178,6 +182,10 @@ def concurrency_condition(spec: TaskTypeSpec) -> tuple[str, tuple[object, ...]]:
     table = Task._meta.db_table
     sql = (
         f"AND (SELECT count(*) FROM {table} r "  # noqa: S608 (a table name, not input)
-        "WHERE r.type = t.type AND r.status = 'running') < %s"
+        "WHERE r.type = t.type AND r.status = 'running') < %s "
+        f"AND NOT EXISTS (SELECT 1 FROM {table} w "
+        "WHERE w.type = t.type AND w.status = 'postponed' "
+        "AND w.waiting_for_slot_since IS NOT NULL AND w.run_at IS NULL "
+        "AND (w.created_at, w.id) < (t.created_at, t.id))"
     )
     return sql, (spec.concurrency_limit,)

@@ -210,6 +210,25 @@ def test_waiting_tasks_get_free_slots_oldest_first_one_task_per_slot(user):
     assert last_note(waiting[1]) == "released: a slot is free"
 
 
+def test_a_task_published_while_others_wait_joins_the_line_behind_them(user):
+    limit("test_sleep", concurrency_limit=1)
+    (stuck,) = stuck_in_running(user)
+    waiting = create(user, "test_sleep", {"seconds": 0})
+    assert deliver(waiting).action == "held"
+    reap(stuck)  # a slot is free, and beat's releaser has not run yet
+    newcomer = create(user, "test_sleep", {"seconds": 0})
+
+    # The newcomer does not take the slot ahead of the task waiting for it: it is held, and
+    # the oldest waiting task is released in its place.
+    assert deliver(newcomer).action == "held"
+    waiting.refresh_from_db()
+    assert (waiting.status, last_note(waiting)) == (S.QUEUED, "released: a slot is free")
+    assert deliver(waiting).status == S.SUCCEEDED
+    newcomer.refresh_from_db()
+    assert newcomer.status == S.QUEUED  # handed the slot as the waiting one ended
+    assert deliver(newcomer).status == S.SUCCEEDED
+
+
 def test_a_slot_freed_while_a_claim_was_losing_it_is_not_left_empty(user):
     from apps.handlers.registry import get_task_type
     from apps.tasks import slots
