@@ -56,12 +56,13 @@ class TextField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             raise serializers.ValidationError(
-                f"Must be a string, not {_json_type(data)}.", code="invalid"
+                f"Must be a string, not {json_type_name(data)}.", code="invalid"
             )
         return str(super().to_internal_value(data))
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """What a JSON value is, with its article, for messages: "a number", "an object"."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -12,8 +12,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from apps.core.api import TextField, json_type_name
 from apps.handlers import net
-from apps.handlers.fields import TextField, is_single_line
+from apps.handlers.fields import is_single_line
 from taskflow.sdk import HttpUrlField, NumberField, TaskContext, TaskQueue, handler
 
 METHODS = ("GET", "HEAD", "OPTIONS")
@@ -62,7 +63,8 @@ class MethodField(serializers.ChoiceField):
         if not isinstance(data, str):
             # Checked before `in self.choices`: a list or an object is unhashable (a 500).
             raise serializers.ValidationError(
-                f"A {_json_type(data)} is not allowed; use one of {', '.join(METHODS)} (a string).",
+                f"{json_type_name(data).capitalize()} is not allowed; use one of "
+                f"{', '.join(METHODS)} (a string).",
                 code="invalid_choice",
             )
         data = data.upper()
@@ -72,18 +74,6 @@ class MethodField(serializers.ChoiceField):
                 code="invalid_choice",
             )
         return str(data)
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "JSON object"
-    return type(value).__name__
 
 
 class FetchUrlPayload(serializers.Serializer):
