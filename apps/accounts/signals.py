@@ -18,6 +18,8 @@ revokes nothing.
 from typing import Any
 
 from django.contrib.auth.hashers import get_hasher, identify_hasher
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
@@ -34,12 +36,17 @@ def _note_revoking_change(
     instance._revokes_refresh_tokens = False  # type: ignore[attr-defined]
     if raw or instance._state.adding or instance.pk is None:
         return
+    writes_generation = update_fields is None or "token_generation" in update_fields
     fields = _REVOKING_FIELDS if update_fields is None else _REVOKING_FIELDS & set(update_fields)
     if not fields:
+        if writes_generation:  # update_fields names it: an UPDATE, never an INSERT
+            _keep_generation(instance)
         return  # a save of other columns only: no query
     old = User.objects.filter(pk=instance.pk).values(*fields).first()
     if old is None:
-        return
+        return  # no row: the save inserts one (an expression that reads a column cannot)
+    if writes_generation:
+        _keep_generation(instance)
     deactivated = "is_active" in fields and old["is_active"] and not instance.is_active
     new_password = (
         "password" in fields
@@ -54,6 +61,18 @@ def _revoke_refresh_tokens(sender: type[User], instance: User, **kwargs: Any) ->
     if getattr(instance, "_revokes_refresh_tokens", False):
         instance._revokes_refresh_tokens = False  # type: ignore[attr-defined]
         user_tokens_revoke(user_id=instance.pk)
+    if hasattr(instance.__dict__.get("token_generation"), "resolve_expression"):
+        # The value the UPDATE wrote (_keep_generation), or user_tokens_revoke's after it.
+        instance.refresh_from_db(fields=["token_generation"])
+
+
+def _keep_generation(user: User) -> None:
+    """Make the save write GREATEST(the column, the object's generation): the generation only
+    goes up. user_tokens_revoke raises it with an UPDATE that the object saved (or one read
+    before, as by another admin's form) never saw, and a plain save of that object wrote the
+    old generation back: every access token issued before the change worked again."""
+    if isinstance(user.token_generation, int):  # not already an expression (a failed save)
+        user.token_generation = Greatest(F("token_generation"), Value(user.token_generation))
 
 
 def _is_hash_upgrade(user: User, old_hash: str, update_fields: Any) -> bool:

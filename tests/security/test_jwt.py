@@ -248,6 +248,40 @@ def test_a_hash_upgrade_or_another_change_keeps_the_access_tokens(user, settings
     assert me(access).status_code == 200
 
 
+def test_a_later_save_of_a_user_object_read_before_a_password_change_keeps_old_tokens_out(user):
+    """Regression: the change raised the generation with an UPDATE the saved object never saw,
+    so its next full save (or that of an object read before, as in a second admin's form) wrote
+    the old generation back, and every access token issued before the change worked again."""
+    access = login()["access"]
+    user.set_password("a-brand-new-password-4711")
+    user.save()
+    assert_error(me(access), 401, "token_not_valid")
+
+    user.is_staff = True
+    user.save()  # the same object, after the change
+    assert_error(me(access), 401, "token_not_valid")
+    assert me(login_with("a-brand-new-password-4711")["access"]).status_code == 200
+
+
+def test_a_save_of_a_user_object_read_before_a_deactivation_keeps_old_tokens_out(user):
+    access = login()["access"]
+    other_form = User.objects.get(pk=user.pk)  # another admin's, read before the deactivation
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    other_form.is_staff = True
+    other_form.save()  # active again (its `is_active`), but not the sessions the change ended
+    assert_error(me(access), 401, "token_not_valid")
+    assert me(login()["access"]).status_code == 200
+
+
+def login_with(password: str) -> dict[str, str]:
+    response = APIClient().post(
+        "/api/login", {"email": "alice@example.com", "password": password}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
 def test_an_unusable_password_ends_the_refresh_tokens_too(user):
     token = login()["refresh"]
     user.set_unusable_password()
