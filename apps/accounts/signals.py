@@ -86,7 +86,12 @@ def _is_hash_upgrade(user: User, old_hash: str, update_fields: Any) -> bool:
         return False
     try:
         old_hasher = identify_hasher(old_hash)
+        # An upgrade stores what the preferred hasher makes now: anything else saved alone over
+        # an outdated hash (set_unusable_password(), a hash of another kind) is a new password.
+        new_hasher = identify_hasher(user.password)
     except ValueError:  # unusable, or a hasher no longer configured
         return False
     preferred = get_hasher("default")
+    if new_hasher.algorithm != preferred.algorithm or preferred.must_update(user.password):
+        return False
     return old_hasher.algorithm != preferred.algorithm or preferred.must_update(old_hash)

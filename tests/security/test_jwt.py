@@ -316,6 +316,19 @@ class SlowerPBKDF2PasswordHasher(FastPBKDF2PasswordHasher):
     iterations = 2
 
 
+def test_an_unusable_password_saved_alone_over_an_outdated_hash_ends_the_sessions(user, settings):
+    """Regression: a password saved alone over a hash the preferred hasher would upgrade was
+    taken for Django's upgrade at a login, whatever the new hash: an account locked with
+    set_unusable_password() (after a Django upgrade raised PBKDF2's iterations) kept its
+    sessions."""
+    tokens = login()
+    settings.PASSWORD_HASHERS = [f"{__name__}.SlowerPBKDF2PasswordHasher"]  # an upgrade
+    user.set_unusable_password()
+    user.save(update_fields=["password"])
+    assert_error(refresh(tokens["refresh"]), 401, "token_not_valid")
+    assert_error(me(tokens["access"]), 401, "token_not_valid")
+
+
 def test_a_hash_upgrade_at_login_is_no_password_change(user, settings):
     """Django re-hashes the right password at a login when the hasher's iterations changed (each
     Django release raises PBKDF2's): the same password, so the other devices stay logged in."""
