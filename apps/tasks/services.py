@@ -21,7 +21,13 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import User
-from apps.core.exceptions import ApplicationError, Conflict, flatten_detail, validation_summary
+from apps.core.exceptions import (
+    ApplicationError,
+    Conflict,
+    NotFound,
+    flatten_detail,
+    validation_summary,
+)
 from apps.core.parsers import json_problem
 from apps.handlers.registry import (
     AnyPayload,
@@ -744,7 +750,7 @@ def task_update(
 
 
 def _not_startable_conflict(task: Task) -> Conflict:
-    current = Task.objects.filter(id=task.id).values_list("status", flat=True).first()
+    current = _current_status(task)
     return Conflict(
         f"The task is {current}; it can only be changed before it starts.",
         code="task_already_started",
@@ -829,13 +835,13 @@ def task_cancel(*, task: Task, actor: User | None) -> Task:
             note="cancel requested; the handler stops at its next check",
         )
         return Task.objects.get(id=task.id)
-    current = Task.objects.get(id=task.id)
-    if current.status == S.RUNNING:
-        return current  # already asked
+    current = _current_status(task)
+    if current == S.RUNNING:
+        return Task.objects.get(id=task.id)  # already asked
     raise Conflict(
-        f"The task is {current.status}; only a waiting or running task can be cancelled.",
+        f"The task is {current}; only a waiting or running task can be cancelled.",
         code="task_not_cancellable",
-        extra={"status": current.status},
+        extra={"status": current},
     )
 
 
@@ -867,11 +873,11 @@ def task_retry(*, task: Task, actor: User | None) -> Task:
         note="replayed from the dead-letter queue" if was_dead else "retried by hand",
     )
     if moved is None:
-        current = Task.objects.get(id=task.id)
+        current = _current_status(task)
         raise Conflict(
-            f"The task is {current.status}; only a failed or cancelled task can be retried.",
+            f"The task is {current}; only a failed or cancelled task can be retried.",
             code="task_not_retryable",
-            extra={"status": current.status},
+            extra={"status": current},
         )
     publisher.publish_on_commit([publisher.dispatch_for(moved.task)])
     return moved.task
@@ -880,12 +886,21 @@ def task_retry(*, task: Task, actor: User | None) -> Task:
 def task_delete(*, task: Task) -> None:
     deleted, _ = Task.objects.filter(id=task.id, status__in=list(FINAL_STATES)).delete()
     if not deleted:
-        current = Task.objects.filter(id=task.id).values_list("status", flat=True).first()
+        current = _current_status(task)
         raise Conflict(
             f"The task is {current}; only a finished task can be deleted.",
             code="task_not_finished",
             extra={"status": current},
         )
+
+
+def _current_status(task: Task) -> str:
+    """The task's status now, for a move that did not apply; a 404 if the task is gone: the
+    request read it, then its owner or the retention (delete_expired_tasks) deleted it."""
+    current = Task.objects.filter(id=task.id).values_list("status", flat=True).first()
+    if current is None:
+        raise NotFound("No such task.", code="task_not_found")
+    return current
 
 
 # --- Housekeeping run by beat (tasks.release_due) ---------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from apps.core.exceptions import NotFound
 from apps.tasks import services
 from apps.tasks import tasks as task_tasks
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
@@ -88,3 +89,26 @@ def test_beat_runs_the_deletion_hourly(db):
     assert (schedule.enabled, schedule.queue) == (True, "maintenance")
     assert (schedule.interval.every, schedule.interval.period) == (1, "hours")
     assert task_tasks.DELETE_EXPIRED_TASK_NAME in app.tasks
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel", "delete"])
+def test_a_task_retried_cancelled_or_deleted_as_the_retention_deletes_it_is_404(
+    user: Any, settings: Any, action: str
+):
+    """Regression: the request read the failed task, the hourly run deleted it before the
+    request's move, and the move's fallback `Task.objects.get` of the task raised DoesNotExist:
+    a 500 instead of the 404 of a task that is gone (a delete answered 409 "The task is None")."""
+    settings.TASKFLOW = {**settings.TASKFLOW, "TASK_RETENTION_DAYS": 7}
+    failed = ran(user, "test_permanent")
+    finished_days_ago(failed, 8)
+    read_by_the_request = Task.objects.get(id=failed.id)
+    assert services.delete_expired_tasks() == 1
+
+    moves = {
+        "retry": lambda: services.task_retry(task=read_by_the_request, actor=user),
+        "cancel": lambda: services.task_cancel(task=read_by_the_request, actor=user),
+        "delete": lambda: services.task_delete(task=read_by_the_request),
+    }
+    with pytest.raises(NotFound) as refused:
+        moves[action]()
+    assert refused.value.code == "task_not_found"
