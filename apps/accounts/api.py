@@ -67,6 +67,14 @@ class EmailTokenObtainPairSerializer(StrictInputSerializer, TokenObtainPairSeria
     # waits for it, then raises the generation).
     token_class = GenerationRefreshToken
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # simplejwt's fields turn a JSON number into text (a 401 for "password": 123): strings.
+        self.fields[self.username_field] = TextField(write_only=True)
+        self.fields["password"] = TextField(
+            write_only=True, trim_whitespace=False, style={"input_type": "password"}
+        )
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, str]:
         # The user's row is locked before the password check, until the refresh token's row is
         # committed: a password change meanwhile (its UPDATE takes that lock) waits, then finds

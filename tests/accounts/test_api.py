@@ -183,6 +183,15 @@ def test_register_a_password_that_is_a_json_number_is_400_not_turned_into_text()
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("field", ["email", "password"])
+def test_login_with_a_number_for_a_string_is_400_on_the_field(user, field):
+    body = {"email": "alice@example.com", "password": PASSWORD, field: 12345678}
+    response = APIClient().post("/api/login", body, format="json")
+    error = assert_error(response, 400, "validation_error", fields=(field,))
+    assert error["fields"][field] == ["Must be a string, not a number."]
+
+
+@pytest.mark.django_db
 def test_register_with_a_malformed_json_body_is_400():
     response = APIClient().post(
         "/api/register", '{"email": "x@example.com",', content_type="application/json"
