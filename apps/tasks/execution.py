@@ -22,8 +22,9 @@ from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
+from psycopg.pq import TransactionStatus
 
 from apps.core.logging import bind_log_context
 from apps.core.text import are_uuids
@@ -580,6 +581,7 @@ def _run_handler(
     except PermanentError as exc:
         return _finish_failed(task, str(exc) or type(exc).__name__)
     except SoftTimeLimitExceeded as exc:
+        _drop_interrupted_connection()
         return _failed_attempt(task, spec, exc, retryable=True, message="time limit exceeded")
     except Exception as exc:
         return _failed_attempt(task, spec, exc)
@@ -591,6 +593,23 @@ def _run_handler(
         return Succeeded(text)
     except (TypeError, ValueError) as exc:
         return _finish_failed(task, f"The handler returned a result that is not JSON: {exc}")
+
+
+def _drop_interrupted_connection() -> None:
+    """A soft time limit that fell while the handler waited on PostgreSQL (its own query, its
+    progress, its cancel check) leaves that query running on the connection: psycopg cancels it
+    only for KeyboardInterrupt, so every later statement on the connection would fail ("another
+    command is already in progress"): this attempt's ending, and a batch's other tasks and
+    successes. Cancel the query and drop the connection; the next statement opens another."""
+    raw = connection.connection
+    if raw is None or raw.pgconn.transaction_status != TransactionStatus.ACTIVE:
+        return
+    logger.warning("A time limit interrupted a database query: the connection is dropped")
+    try:
+        raw.cancel_safe(timeout=5)
+    except Exception as exc:  # closing ends the query's session anyway, once the query ends
+        logger.info("Could not cancel the interrupted query: %s", exc)
+    connection.close()
 
 
 def _this_attempt(task: Task) -> tuple[str, tuple[object, ...]]:

@@ -6,6 +6,7 @@ import signal
 import time
 from typing import Any
 
+from django.db import connection
 from rest_framework import serializers
 
 from apps.handlers.context import TaskContext
@@ -110,13 +111,17 @@ def batched_short(ctx: TaskContext, payload: dict[str, Any]) -> Any:
     """A batched type (4 to a message) with a short time limit (2 s a task). Appends
     "task_id attempt pid" to the payload's `marker` file when it starts; then `sleep` (seconds:
     past the limit, it hangs), `crash_marker` (kill its own process the first time, when that
-    file does not exist yet), `exit` (raise SystemExit, which no handler's ending catches);
+    file does not exist yet), `exit` (raise SystemExit, which no handler's ending catches),
+    `pg_sleep` (seconds in one database query: past the limit, it hangs there);
     otherwise it returns its payload."""
     if payload.get("marker"):
         with open(payload["marker"], "a") as marker:  # one short append: not interleaved
             marker.write(f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n")
     if payload.get("sleep"):
         time.sleep(float(payload["sleep"]))
+    if payload.get("pg_sleep"):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [float(payload["pg_sleep"])])
     crash = payload.get("crash_marker")
     if crash and not os.path.exists(crash):
         open(crash, "w").close()

@@ -373,3 +373,19 @@ def test_a_batch_s_tasks_get_the_limit_their_message_was_published_with(user):
     )
     assert 1 <= time.monotonic() - started < 10
     assert statuses(tasks) == [S.SUCCEEDED, S.RETRYING, S.SUCCEEDED, S.SUCCEEDED]
+
+
+@pytest.mark.django_db(transaction=True)  # the connection is dropped: no test transaction on it
+def test_a_task_whose_limit_falls_in_a_database_query_does_not_sink_its_batch(user):
+    """The limit's SIGALRM can fall while the handler waits on PostgreSQL (its own query, its
+    progress, its cancel check). psycopg leaves that query running on the connection, so every
+    later statement on it would fail: the hung task's retry, and the batch's successes."""
+    tasks = [
+        create_task(user, "test_batched_short", payload)
+        for payload in ({"n": 0}, {"pg_sleep": 5}, {"n": 2})
+    ]
+    with sigalrm_recorded() as fired:
+        run_batch(tasks)
+    assert fired == []
+    assert statuses(tasks) == [S.SUCCEEDED, S.RETRYING, S.SUCCEEDED]
+    assert Task.objects.get(id=tasks[1].id).error == "time limit exceeded"
