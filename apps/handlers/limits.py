@@ -189,3 +189,20 @@ def concurrency_condition(spec: TaskTypeSpec) -> tuple[str, tuple[object, ...]]:
         "AND (w.created_at, w.id) < (t.created_at, t.id))"
     )
     return sql, (spec.concurrency_limit,)
+
+
+def concurrency_admits(task_id: str, spec: TaskTypeSpec) -> bool:
+    """Whether the claim's concurrency condition holds for the task now. Without the type's
+    lock: what a claim made now would most likely find, not a promise."""
+    from apps.tasks.models import Task
+
+    condition, params = concurrency_condition(spec)
+    if not condition:
+        return True
+    table = Task._meta.db_table
+    sql = f"SELECT EXISTS (SELECT 1 FROM {table} t WHERE t.id = %s {condition})"  # noqa: S608 (a table name)
+    values: list[Any] = [task_id, *params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    return bool(row and row[0])

@@ -502,6 +502,16 @@ def _admit(
         if fresh is None:
             return None, None
         spec = fresh
+    if (
+        spec.rate_limit is not None
+        and spec.concurrency_limit
+        and not limits.concurrency_admits(task_id, spec)
+        and slots.hold_for_slot(task_id=task_id, dispatch_id=dispatch_id, spec=spec)
+    ):
+        # No slot for it (the limit reached, or older tasks wait in the line): it waits without
+        # booking a start of the rate limit, which it would not use. Booked, the start would
+        # hold the waiting task its hold releases, with the slot free and nothing started.
+        return DeliveryOutcome("held", status=S.POSTPONED, note="waits for a free slot"), None
     wait = limits.rate_limit_wait(spec)
     if wait is not None:
         hold = limits.rate_hold_seconds(spec, wait)

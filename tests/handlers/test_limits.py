@@ -471,3 +471,20 @@ def test_two_workers_together_keep_to_the_rate_limit(user, broker, tmp_path):
     assert starts[-1] - starts[0] >= (8 - 1) / 2 - 0.5  # spaced about 1/2 s apart
     held = TaskStatusChange.objects.filter(task__in=tasks, note="held: rate limit (2/s)")
     assert held.exists()
+
+
+def test_a_newcomer_sent_to_the_line_does_not_take_the_rate_limit_s_start(user):
+    """A type with both limits: a task published while another waits for the free slot joins
+    the line (first come, first served) without starting, so it must not book the rate
+    limit's start either, or the waiting task it releases is held for the rate limit with
+    the slot free and no task of the type started in the period."""
+    limit("test_sleep", concurrency_limit=1)
+    (stuck,) = stuck_in_running(user)
+    waiting = create(user, "test_sleep", {"seconds": 0})
+    assert deliver(waiting).action == "held"
+    reap(stuck)  # a slot is free, and beat's releaser has not run yet
+    limit("test_sleep", concurrency_limit=1, rate_limit_count=1, rate_limit_period="minute")
+    newcomer = create(user, "test_sleep", {"seconds": 0})
+
+    assert deliver(newcomer).action == "held"  # behind the waiting one, which is released
+    assert deliver(waiting).status == S.SUCCEEDED
