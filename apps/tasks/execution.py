@@ -150,7 +150,7 @@ def handle_delivery(
             time_limit=time_limit,
         )
     if claimed is not None:
-        status = run_claimed(claimed.task, spec, time_limit=handler_time_limit)
+        status = run_claimed(claimed.task, spec, handler_time_limit=handler_time_limit)
         if spec is not None and spec.concurrency_limit:
             # Its slot is free: hand it to the type's longest-waiting task, now rather than at
             # the releaser's next tick.
@@ -241,7 +241,7 @@ def handle_batch(
         redelivered=redelivered,
         worker=worker,
         time_limit=time_limit,
-        handler_limit=batch_task_time_limit(soft_time_limit, tasks=len(pairs)),
+        handler_time_limit=batch_task_time_limit(soft_time_limit, tasks=len(pairs)),
     )
     reason = f"failed in a batched message from queue {queue or '?'}"
     dead = [
@@ -265,7 +265,7 @@ def _run_batch(
     redelivered: bool,
     worker: str,
     time_limit: float | None = None,
-    handler_limit: float | None = None,
+    handler_time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     wellformed: dict[str, str] = {}
     dropped: list[tuple[str, str, DeliveryOutcome]] = []
@@ -280,7 +280,7 @@ def _run_batch(
         redelivered=redelivered,
         worker=worker,
         time_limit=time_limit,
-        handler_limit=handler_limit,
+        handler_time_limit=handler_time_limit,
     )
 
 
@@ -291,7 +291,7 @@ def _run_pairs(
     redelivered: bool,
     worker: str,
     time_limit: float | None = None,
-    handler_limit: float | None = None,
+    handler_time_limit: float | None = None,
 ) -> list[tuple[str, str, DeliveryOutcome]]:
     if not pairs:
         return []
@@ -299,8 +299,8 @@ def _run_pairs(
     # Each task's handler has the type's limit of its own, as it would in a message of its own
     # (the one published with; the type's now if the message does not say). The message's
     # limits (the type's times its tasks, plus margins) stay as the last resort.
-    if not handler_limit and spec is not None:
-        handler_limit = spec.time_limit_seconds
+    if not handler_time_limit and spec is not None:
+        handler_time_limit = spec.time_limit_seconds
     if redelivered or spec is None or spec.message_batch_size < 2:
         return [
             (
@@ -313,7 +313,7 @@ def _run_pairs(
                     redelivered=redelivered,
                     worker=worker,
                     time_limit=time_limit,
-                    handler_time_limit=handler_limit,
+                    handler_time_limit=handler_time_limit,
                 ),
             )
             for task_id, dispatch_id in pairs
@@ -352,7 +352,7 @@ def _run_pairs(
     # it last recorded them: then before its next task, which might run until the message's
     # hard limit kills the process (and with it every unrecorded success). A task that hit its
     # own limit took at least that long, so the ones before it are recorded before the next.
-    record_after = min(RECORD_SUCCEEDED_AFTER_SECONDS, handler_limit or math.inf)
+    record_after = min(RECORD_SUCCEEDED_AFTER_SECONDS, handler_time_limit or math.inf)
     recorded_at = time.monotonic()
     try:
         for task_id, dispatch_id in pairs:
@@ -366,7 +366,7 @@ def _run_pairs(
             if succeeded and time.monotonic() - recorded_at >= record_after:
                 record_succeeded()
                 recorded_at = time.monotonic()
-            ran = _run_handler(task, spec, time_limit=handler_limit)
+            ran = _run_handler(task, spec, handler_time_limit=handler_time_limit)
             if isinstance(ran, Succeeded):
                 succeeded.append((task, ran))
             else:
@@ -551,9 +551,11 @@ def _hold(
     return DeliveryOutcome("held", status=S.POSTPONED, note=reason)
 
 
-def run_claimed(task: Task, spec: TaskTypeSpec | None, *, time_limit: float | None = None) -> str:
+def run_claimed(
+    task: Task, spec: TaskTypeSpec | None, *, handler_time_limit: float | None = None
+) -> str:
     """Run the handler of a task this worker has claimed, and record how the attempt ended."""
-    ran = _run_handler(task, spec, time_limit=time_limit)
+    ran = _run_handler(task, spec, handler_time_limit=handler_time_limit)
     if isinstance(ran, Succeeded):
         return _finish(
             task,
@@ -565,10 +567,10 @@ def run_claimed(task: Task, spec: TaskTypeSpec | None, *, time_limit: float | No
 
 
 def _run_handler(
-    task: Task, spec: TaskTypeSpec | None, *, time_limit: float | None = None
+    task: Task, spec: TaskTypeSpec | None, *, handler_time_limit: float | None = None
 ) -> Succeeded | str:
     """Run the handler of a claimed task: its result, or (any other ending, recorded here) the
-    status the task went to. `time_limit`: a soft limit of the handler's own (apps.tasks.
+    status the task went to. `handler_time_limit`: a soft limit of the handler's own (apps.tasks.
     soft_limit), for a task that shares its message; it ends as the message's soft limit does."""
     attempt = task.attempts
     bind_log_context(task_id=str(task.id), task_type=task.type, attempt=attempt)
@@ -584,7 +586,7 @@ def _run_handler(
         read_cancel_requested=lambda: _cancel_requested(task),
     )
     try:
-        with soft_time_limit(time_limit):
+        with soft_time_limit(handler_time_limit):
             result = spec.run(context, dict(task.payload))
     except TaskCancelled as exc:
         return _finish(task, S.CANCELLED, AttemptOutcome.CANCELLED, error=str(exc) or "cancelled")
