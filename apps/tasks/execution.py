@@ -531,21 +531,13 @@ def _hold(
 ) -> DeliveryOutcome | None:
     """queued -> postponed until `run_at` (None: until its type is enabled), without a claim:
     no attempt, no retry used. The releaser queues it again with a new dispatch."""
-    moved = transition_one(
+    if not slots.hold_unclaimed(
         task_id=task_id,
-        to=S.POSTPONED,
-        allowed_from={S.QUEUED},
-        where="AND t.dispatch_id = %s",
-        where_params=(dispatch_id,),
-        changes={
-            "run_at": run_at,
-            "dispatch_id": None,
-            "published_at": None,
-            "waiting_for_slot_since": None,  # held for another reason: not in the slot line
-        },
+        dispatch_id=dispatch_id,
+        run_at=run_at,
         note=f"held: {reason}",
-    )
-    if moved is None:
+        waiting_for_slot=False,  # held for another reason: not in the slot line
+    ):
         return None
     logger.info("Task %s held: %s", task_id, reason)
     return DeliveryOutcome("held", status=S.POSTPONED, note=reason)

@@ -19,6 +19,7 @@ message a second per waiting task for as long as the slot stayed taken.
 """
 
 import logging
+from datetime import datetime
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -61,28 +62,42 @@ def hold_for_slot(*, task_id: str, dispatch_id: str, spec: TaskTypeSpec) -> bool
     Under the type's lock, and the free slots are counted again in the same transaction: a task
     of the type that ended between the lost claim and this hold has already made its release,
     which did not see this task yet; so this one releases in its place (maybe this very task)."""
-    now = timezone.now()
     with transaction.atomic():
         limits.lock_type_for_claim(spec.name)
-        held = transition_one(
+        if not hold_unclaimed(
             task_id=task_id,
-            to=S.POSTPONED,
-            allowed_from={S.QUEUED},
-            where="AND t.dispatch_id = %s",
-            where_params=(dispatch_id,),
-            changes={
-                "run_at": None,
-                "dispatch_id": None,
-                "published_at": None,
-                "waiting_for_slot_since": now,
-            },
+            dispatch_id=dispatch_id,
+            run_at=None,
             note=f"held: concurrency limit ({spec.concurrency_limit} running); "
             "waits for a free slot",
-        )
-        if held is None:
+            waiting_for_slot=True,
+        ):
             return False
         _release_free_slots(spec.name, spec.concurrency_limit)
     return True
+
+
+def hold_unclaimed(
+    *, task_id: str, dispatch_id: str, run_at: datetime | None, note: str, waiting_for_slot: bool
+) -> bool:
+    """queued -> postponed without a claim (no attempt, no retry used), if the task still has
+    this dispatch: until `run_at` (None: until a slot frees, or its type is enabled again). The
+    mark puts it in its type's line for a slot, or takes it out (held for another reason)."""
+    moved = transition_one(
+        task_id=task_id,
+        to=S.POSTPONED,
+        allowed_from={S.QUEUED},
+        where="AND t.dispatch_id = %s",
+        where_params=(dispatch_id,),
+        changes={
+            "run_at": run_at,
+            "dispatch_id": None,
+            "published_at": None,
+            "waiting_for_slot_since": timezone.now() if waiting_for_slot else None,
+        },
+        note=note,
+    )
+    return moved is not None
 
 
 def release_waiting(*, type_name: str, spec: TaskTypeSpec | None = None) -> int:

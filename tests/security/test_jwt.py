@@ -228,12 +228,16 @@ def test_access_tokens_issued_before_a_password_change_are_refused_at_once(user)
     assert me(login(password="a-brand-new-password-4711")["access"]).status_code == 200
 
 
-def test_access_tokens_issued_before_a_deactivation_stay_refused_after_reactivation(user):
-    access = login()["access"]
+def deactivate_then_reactivate(user: User) -> None:
     user.is_active = False
     user.save(update_fields=["is_active"])
     user.is_active = True
     user.save(update_fields=["is_active"])
+
+
+def test_access_tokens_issued_before_a_deactivation_stay_refused_after_reactivation(user):
+    access = login()["access"]
+    deactivate_then_reactivate(user)
 
     assert_error(me(access), 401, "token_not_valid")
     assert me(login()["access"]).status_code == 200
@@ -293,10 +297,7 @@ def test_a_deactivation_ends_the_refresh_tokens_for_good(user):
     """Blacklisted, not only refused while inactive: reactivating the account does not bring the
     sessions back."""
     token = login()["refresh"]
-    user.is_active = False
-    user.save(update_fields=["is_active"])
-    user.is_active = True
-    user.save(update_fields=["is_active"])
+    deactivate_then_reactivate(user)
     assert_error(refresh(token), 401, "token_not_valid")
 
 
