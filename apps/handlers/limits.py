@@ -12,8 +12,9 @@ Redis answers again).
 
 Concurrency limit (at most N running): PostgreSQL decides, in the claim itself. A claim of a
 limited type first takes a transaction-scoped advisory lock on the type, then claims only if
-fewer than N tasks of the type are `running` (a partial index on running rows by type counts
-them) and no older task of the type waits for a slot (first come, first served). The running
+fewer than N tasks of the type take a slot (`running`, or released from the line and not yet
+claimed; partial indexes count both) and no older task of the type waits for a slot (first
+come, first served). The running
 rows are the truth, so a crashed worker never leaks a slot: its task stops counting when its lost
 attempt is settled (redelivery or the lease reaper).
 
@@ -171,10 +172,14 @@ def lock_type_for_claim(type_name: str) -> None:
 
 
 def concurrency_condition(spec: TaskTypeSpec) -> tuple[str, tuple[object, ...]]:
-    """The claim's extra WHERE: fewer than the limit of the type's tasks are running, and no
+    """The claim's extra WHERE: fewer than the limit of the type's tasks take a slot, and no
     older task of the type waits in its line for a slot (apps.tasks.slots), so that a task
     published while a slot is free does not take it ahead of those waiting: it joins the line
-    behind them (first come, first served; the hold then releases the oldest)."""
+    behind them (first come, first served; the hold then releases the oldest).
+
+    A slot is taken by a running task and by another released task not yet claimed (queued,
+    still marked): the slot its release counted for it, which a newcomer whose message came
+    first would otherwise take, sending the released task back to the line."""
     from apps.tasks.models import Task
 
     if spec.concurrency_limit is None:
@@ -182,7 +187,10 @@ def concurrency_condition(spec: TaskTypeSpec) -> tuple[str, tuple[object, ...]]:
     table = Task._meta.db_table
     sql = (
         f"AND (SELECT count(*) FROM {table} r "  # noqa: S608 (a table name, not input)
-        "WHERE r.type = t.type AND r.status = 'running') < %s "
+        "WHERE r.type = t.type AND r.status = 'running') "
+        f"+ (SELECT count(*) FROM {table} q "
+        "WHERE q.type = t.type AND q.status = 'queued' "
+        "AND q.waiting_for_slot_since IS NOT NULL AND q.id <> t.id) < %s "
         f"AND NOT EXISTS (SELECT 1 FROM {table} w "
         "WHERE w.type = t.type AND w.status = 'postponed' "
         "AND w.waiting_for_slot_since IS NOT NULL AND w.run_at IS NULL "

@@ -229,6 +229,25 @@ def test_a_task_published_while_others_wait_joins_the_line_behind_them(user):
     assert deliver(newcomer).status == S.SUCCEEDED
 
 
+def test_a_released_task_keeps_its_slot_from_a_newcomer_claimed_before_it(user):
+    limit("test_sleep", concurrency_limit=1)
+    (stuck,) = stuck_in_running(user)
+    waiting = create(user, "test_sleep", {"seconds": 0})
+    assert deliver(waiting).action == "held"
+    reap(stuck)
+    assert services.release_due_tasks() == 1  # released: queued, its message not yet taken
+    newcomer = create(user, "test_sleep", {"seconds": 0})
+
+    # The newcomer's message comes first: the free slot is the released task's, not its.
+    assert deliver(newcomer).action == "held"
+    waiting.refresh_from_db()
+    assert waiting.status == S.QUEUED
+    assert deliver(waiting).status == S.SUCCEEDED
+    newcomer.refresh_from_db()
+    assert newcomer.status == S.QUEUED  # handed the slot as the released one ended
+    assert deliver(newcomer).status == S.SUCCEEDED
+
+
 def test_a_slot_freed_while_a_claim_was_losing_it_is_not_left_empty(user):
     from apps.handlers.registry import get_task_type
     from apps.tasks import slots
