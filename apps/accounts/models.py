@@ -3,7 +3,7 @@
 from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 
@@ -49,3 +49,11 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     def __str__(self) -> str:
         return self.email
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The row and what its signals do for it in one transaction: a new password and the
+        # revocation of the sessions before it (apps.accounts.signals) commit together. Saved in
+        # autocommit (`manage.py changepassword`), the password was visible first, and a login
+        # in between got tokens that the revocation then ended.
+        with transaction.atomic(using=kwargs.get("using")):
+            super().save(*args, **kwargs)

@@ -5,9 +5,10 @@ after the victim's password was reset, and an access token 15 minutes more. What
 the user through the model (the admin's password form, `manage.py changepassword`,
 `user.set_password(); user.save()`), a new password hash or `is_active` turned off blacklists all
 the user's refresh tokens and raises the user's token generation, which refuses every access
-token issued before, right after the save, in its transaction if it has one
-(services.user_tokens_revoke, which also lets a refresh under way finish first; a login under way
-holds the user's row from its password check to its token, so the change waits for it too).
+token issued before, right after the save and in its transaction (User.save opens one, so the
+new password and the revocation commit together; services.user_tokens_revoke, which also lets a
+refresh under way finish first; a login under way holds the user's row from its password check
+to its token, so the change waits for it too).
 
 Not a change of password: Django re-hashing the right password at a login, when the preferred
 hasher or its iteration count changed (every Django upgrade raises PBKDF2's); that would log every

@@ -441,9 +441,8 @@ def test_a_password_change_during_a_refresh_ends_the_token_that_refresh_mints(mo
 def test_the_blacklisting_waits_for_a_refresh_under_way_even_after_the_change_committed(
     monkeypatch,
 ):
-    """Outside a transaction the password's UPDATE commits before the blacklisting: a refresh can
-    start in between. The blacklisting locks the user's row too, so it still sees that refresh's
-    successor."""
+    """A revocation called on its own, not in a save's transaction: a refresh can start before
+    it. The blacklisting locks the user's row too, so it still sees that refresh's successor."""
     user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
     token = str(RefreshToken.for_user(user))
 
@@ -470,3 +469,35 @@ def test_a_password_change_during_a_login_ends_the_token_that_login_mints(monkey
     answer = login_running_this_meanwhile(monkeypatch, PASSWORD, change_password)
     assert answer.status_code == 200, answer.content  # it came first
     assert_error(refresh(answer.json()["refresh"]), 401, "token_not_valid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_saved_outside_a_transaction_is_revealed_with_its_revocation(monkeypatch):
+    """`manage.py changepassword` saves outside any transaction. Its new password must not be
+    visible to a login before the revocation commits with it: a login in between got tokens
+    that the revocation then ended."""
+    from apps.accounts import signals
+
+    user = User.objects.create_user(email="alice@example.com", password=PASSWORD)
+    old_hash = user.password
+    seen_by_others: list[str] = []
+    revoke = signals.user_tokens_revoke
+
+    def read_elsewhere() -> None:
+        try:
+            seen_by_others.append(User.objects.values_list("password", flat=True).get(pk=user.pk))
+        finally:
+            connection.close()
+
+    def revoke_after_looking(*, user_id: int) -> int:
+        reader = threading.Thread(target=read_elsewhere)
+        reader.start()
+        reader.join(timeout=30)
+        return revoke(user_id=user_id)
+
+    monkeypatch.setattr(signals, "user_tokens_revoke", revoke_after_looking)
+    user.set_password("a-brand-new-password-4711")
+    user.save()  # what `manage.py changepassword` does, in autocommit
+
+    assert seen_by_others == [old_hash]
+    assert User.objects.get(pk=user.pk).check_password("a-brand-new-password-4711")
