@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 import tests.support.handlers  # noqa: F401  (registers the test-only task types)
 from apps.accounts.authentication import GenerationRefreshToken
 from apps.accounts.models import User
-from apps.core.throttling import breaker
+from apps.core.throttling import breaker, local_counts
 from tests.support.broker import BrokerProbe, use_broker
 from tests.support.processes import stop_leftovers
 
@@ -63,7 +63,8 @@ def isolated_cache(settings: Any) -> None:
         **settings.CACHES,
         "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex[:12]}"},
     }
-    breaker.reset()  # a test that stopped Redis does not leave the rate limits off
+    breaker.reset()  # a test that stopped Redis does not leave Redis unasked
+    local_counts.clear()  # nor the counts this process made meanwhile
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ requests plus the previous window's, weighted by how much of it still lies withi
 windows meet). A refused request is a 429 with Retry-After, the seconds until one more request
 would pass; it is not counted, so asking again sooner does not push that time back.
 
-Redis down must not take the API with it: a failed count lets the request through, and for the
-next FAIL_OPEN_SECONDS this process does not try (a Redis host that does not answer would
-otherwise cost every request its connect timeout).
+Redis down must not take the API with it, nor turn the limits off (a login brute force would
+only have to wait for an outage): a failed count is made in the process instead, and for the next
+FAIL_OPEN_SECONDS this process counts there without asking Redis (a Redis host that does not
+answer would otherwise cost every request its connect timeout). Counted per process, a limit
+lets through up to its rate times the number of API processes: bounded, where it was unlimited.
 """
 
 import hashlib
@@ -56,7 +58,8 @@ def key_part(value: str) -> str:
 
 
 class _Breaker:
-    """Process-wide: after a failed count, skip counting for a while (fail open)."""
+    """Process-wide: after a failed count, do not ask Redis for a while (count in the
+    process)."""
 
     def __init__(self) -> None:
         self._open_until = 0.0
@@ -69,8 +72,8 @@ class _Breaker:
         with self._lock:
             if not self.is_open():
                 logger.warning(
-                    "Rate limits and cached users are off for %.0f s: the cache (Redis) did "
-                    "not answer",
+                    "Rate limits count in each process, and users are not cached, for %.0f s: "
+                    "the cache (Redis) did not answer",
                     FAIL_OPEN_SECONDS,
                 )
             self._open_until = time.monotonic() + FAIL_OPEN_SECONDS
@@ -80,6 +83,55 @@ class _Breaker:
 
 
 breaker = _Breaker()
+
+
+class _LocalCounts:
+    """The counters of this process, for while Redis is away: the same keys and windows as in
+    Redis, so a limit keeps its meaning (per process). Bounded: past MAX_KEYS the expired
+    windows go, then the oldest keys (a flood of idents makes some counts restart, never
+    grows memory)."""
+
+    MAX_KEYS = 50_000
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, monotonic expiry)
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, ttl: int, previous_key: str) -> tuple[int, int, None]:
+        now = time.monotonic()
+        with self._lock:
+            count = self._live(key, now) + 1
+            self._counts[key] = (count, self._counts.get(key, (0, now + ttl))[1])
+            if len(self._counts) > self.MAX_KEYS:
+                self._shrink(now)
+            return count, self._live(previous_key, now), None
+
+    def uncount(self, key: str) -> None:
+        with self._lock:
+            count, expires = self._counts.get(key, (0, 0.0))
+            if count > 0:
+                self._counts[key] = (count - 1, expires)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+    def _live(self, key: str, now: float) -> int:
+        count, expires = self._counts.get(key, (0, now))
+        if expires <= now:
+            self._counts.pop(key, None)
+            return 0
+        return count
+
+    def _shrink(self, now: float) -> None:
+        self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
+        excess = len(self._counts) - self.MAX_KEYS // 2
+        if excess > 0:  # dicts keep insertion order: the oldest keys first
+            for key in list(self._counts)[:excess]:
+                del self._counts[key]
+
+
+local_counts = _LocalCounts()
 
 
 def count_hit(
@@ -155,32 +207,39 @@ class RateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: Any) -> bool:
         rate = self.rate()
-        if not rate or breaker.is_open():
+        if not rate:
             return True
         ident = self.ident(request, view)
         if ident is None:
             return True
         limit, period = parse_rate(rate)
         ahead = _counted_ahead(request, self.scope)
-        counts: tuple[int, int, Any] | None
+        counts: tuple[int, int, Any] | None = None
         if ahead is not None and (ahead.ident, ahead.period) == (ident, period):
             window, into, counts = ahead.window, ahead.into, ahead.counts
         else:
             window, into = divmod(time.time(), period)
-            counts = count_hit(*self._keys(ident, window, period))
-        if counts is None:
-            breaker.trip()
-            return True
+            if not breaker.is_open():
+                counts = count_hit(*self._keys(ident, window, period))
+                if counts is None:
+                    breaker.trip()
+        counted_here = counts is None
+        if counts is None:  # Redis away: this process counts (see the module's docstring)
+            counts = local_counts.hit(*self._keys(ident, window, period))
         current, previous, _ = counts
         # The previous window's count weighs what is left of it in the last `period` seconds.
         elapsed = into / period
         if previous * (1 - elapsed) + current <= limit:
             return True
         # Refused, so not counted: Retry-After holds however often the client asks meanwhile.
-        try:
-            caches["default"].decr(self._keys(ident, window, period)[0])
-        except Exception:  # gone with its window, or Redis with it: nothing to take back
-            logger.debug("Could not uncount a refused request", exc_info=True)
+        key = self._keys(ident, window, period)[0]
+        if counted_here:
+            local_counts.uncount(key)
+        else:
+            try:
+                caches["default"].decr(key)
+            except Exception:  # gone with its window, or Redis with it: nothing to take back
+                logger.debug("Could not uncount a refused request", exc_info=True)
         self._wait = retry_after(limit, period, elapsed, previous, current - 1)
         return False
 
