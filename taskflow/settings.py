@@ -189,6 +189,11 @@ REST_FRAMEWORK = {
         "register_address": _rate(
             env.str("REGISTER_RATE_PER_ADDRESS", default="10/hour"), "REGISTER_RATE_PER_ADDRESS"
         ),
+        # Below the login's: a stolen access token must not add much to the guesses a login allows.
+        "password_change": _rate(
+            env.str("PASSWORD_CHANGE_RATE_PER_USER", default="10/hour"),
+            "PASSWORD_CHANGE_RATE_PER_USER",
+        ),
     },
     # Reverse proxies in front of gunicorn whose X-Forwarded-For is trusted for the client's
     # address. 0: none, the peer's address is the client's (a client's own X-Forwarded-For would

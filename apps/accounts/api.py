@@ -1,4 +1,4 @@
-"""Register, log in, refresh, log out, and who-am-I."""
+"""Register, log in, refresh, log out (here or everywhere), change the password, and who-am-I."""
 
 from typing import Any
 
@@ -25,14 +25,22 @@ from rest_framework_simplejwt.views import (
     TokenRefreshView,
 )
 
-from apps.accounts.authentication import GenerationRefreshToken
-from apps.accounts.services import user_lock, user_lock_by_email, user_register
+from apps.accounts.authentication import BearerOrBareJWTAuthentication, GenerationRefreshToken
+from apps.accounts.services import (
+    user_lock,
+    user_lock_by_email,
+    user_password_change,
+    user_register,
+    user_tokens_revoke,
+)
 from apps.accounts.throttles import (
     LoginAccountThrottle,
     LoginAddressThrottle,
+    PasswordChangeUserThrottle,
     RegisterAddressThrottle,
 )
 from apps.core.api import StrictInputSerializer, TextField
+from apps.core.throttling import UserRateThrottle
 
 
 class UserOutputSerializer(serializers.Serializer):
@@ -159,6 +167,53 @@ class LogoutView(TokenBlacklistView):
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         super().post(request, *args, **kwargs)  # raises for a bad or already blacklisted token
         return Response(status=status.HTTP_205_RESET_CONTENT)
+
+
+class LogoutAllView(APIView):
+    """End every session of the user, this one included: all the user's refresh tokens are
+    blacklisted and every access token issued so far is refused."""
+
+    # Token sessions are what it ends: an admin browser session is none (and no way around CSRF).
+    authentication_classes = [BearerOrBareJWTAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema_serializer(component_name="LogoutAll")
+    class InputSerializer(StrictInputSerializer):
+        """No fields: an empty body, or `{}`."""
+
+    @extend_schema(request=InputSerializer, responses={205: None})
+    def post(self, request: Request) -> Response:
+        self.InputSerializer(data=request.data).is_valid(raise_exception=True)
+        user_tokens_revoke(user_id=request.user.pk)  # type: ignore[arg-type]
+        return Response(status=status.HTTP_205_RESET_CONTENT)
+
+
+@extend_schema_serializer(component_name="TokenPair")
+class TokenPairOutputSerializer(serializers.Serializer):
+    refresh = serializers.CharField()
+    access = serializers.CharField()
+
+
+class PasswordChangeView(APIView):
+    """Change one's own password. Every session of the user ends (as with a new password set in
+    the admin); the answer is a new refresh and access token for the caller."""
+
+    # The answer is a token pair: an admin browser session is no way in (nor around CSRF).
+    authentication_classes = [BearerOrBareJWTAuthentication]
+    permission_classes = [IsAuthenticated]
+    throttle_classes = [UserRateThrottle, PasswordChangeUserThrottle]
+
+    @extend_schema_serializer(component_name="PasswordChange")
+    class InputSerializer(StrictInputSerializer):
+        current_password = TextField(max_length=128, trim_whitespace=False)
+        new_password = TextField(max_length=128, trim_whitespace=False)
+
+    @extend_schema(request=InputSerializer, responses={200: TokenPairOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tokens = user_password_change(user=request.user, **data.validated_data)  # type: ignore[arg-type]
+        return Response(TokenPairOutputSerializer(tokens).data)
 
 
 class MeView(APIView):

@@ -9,7 +9,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
-from apps.accounts.authentication import forget_user
+from apps.accounts.authentication import GenerationRefreshToken, forget_user
 from apps.accounts.models import User
 from apps.core.exceptions import ApplicationError
 
@@ -50,6 +50,47 @@ def user_register(*, email: str, password: str) -> User:
             code="email_taken",
             fields={"email": ["A user with this email already exists."]},
         ) from exc
+
+
+@transaction.atomic
+def user_password_change(*, user: User, current_password: str, new_password: str) -> dict[str, str]:
+    """Set the user's new password, ending every session of the user (apps.accounts.signals), and
+    return a new `{"refresh", "access"}` pair for the caller, of the generation the change raised.
+
+    The user's row is locked from the check of the current password until the new pair's row is
+    committed: a login or a refresh under way finishes first (and its token is blacklisted with
+    the others), one that comes later sees the new password and generation, and a second change
+    waits, then checks its current password against this one's new password."""
+    user_lock(user_id=user.pk)
+    # Read again under the lock, with the hash: the request's user is the cached row, without it.
+    locked = User.objects.filter(pk=user.pk, is_active=True).first()
+    if locked is None:  # deleted or deactivated since the request's token was checked
+        raise ApplicationError(
+            "The account is gone or inactive: log in again.",
+            code="user_inactive",
+            status_code=401,
+        )
+    if not locked.check_password(current_password):
+        raise ApplicationError(
+            "The current password is wrong.",
+            code="wrong_password",
+            fields={"current_password": ["The current password is wrong."]},
+        )
+    try:
+        password_validation.validate_password(new_password, user=locked)
+    except DjangoValidationError as exc:
+        raise ApplicationError(
+            "The password is too weak.",
+            code="weak_password",
+            fields={"new_password": list(exc.messages)},
+        ) from exc
+    locked.set_password(new_password)
+    # Through the model: its signals blacklist every refresh token and raise the generation
+    # (user_tokens_revoke), which ends every access token issued before, the caller's included.
+    locked.save(update_fields=["password"])
+    locked.refresh_from_db(fields=["token_generation"])  # the raised one, written by an UPDATE
+    refresh = GenerationRefreshToken.for_user(locked)
+    return {"refresh": str(refresh), "access": str(refresh.access_token)}
 
 
 def user_lock(*, user_id: Any) -> None:

@@ -49,7 +49,7 @@ def wsgi_in_test_transaction() -> Iterator[None]:
 def bearer(db: Any, rates: Any, wsgi_in_test_transaction: None) -> dict[str, str]:
     """A logged-in user with a task and a file; the rate limits out of the way (every example
     is a request)."""
-    rates(user="", login_account="", login_address="", register_address="")
+    rates(user="", login_account="", login_address="", register_address="", password_change="")
     user = User.objects.create_user(email="fuzz@example.com", password=PASSWORD)
     create_task(user, payload={"n": 1})
     make_file(user)
@@ -153,4 +153,11 @@ def test_real_answers_of_every_operation_match_the_schema(bearer, staff_bearer):
     rotated = call("/api/token/refresh", "POST", anon, 200, body={"refresh": tokens["refresh"]})
     assert set(rotated) == {"access", "refresh"}
     call("/api/logout", "POST", anon, 205, body={"refresh": rotated["refresh"]})
+    fresh = {
+        "Authorization": f"Bearer {call('/api/login', 'POST', anon, 200, body=login)['access']}"
+    }
+    change = {"current_password": PASSWORD, "new_password": "a-brand-new-password-4711"}
+    pair = call("/api/password", "POST", fresh, 200, body=change)
+    assert set(pair) == {"access", "refresh"}
+    call("/api/logout/all", "POST", {"Authorization": f"Bearer {pair['access']}"}, 205)
     call("/health/", "GET", anon, 200)
