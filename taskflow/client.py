@@ -418,6 +418,28 @@ class Client:
                 self._json("POST", "/api/logout", auth=False, json={"refresh": self.refresh_token})
             self.access_token = self.refresh_token = None
 
+    def change_password(self, current: str, new: str) -> dict[str, str]:
+        """Set a new password (`POST /api/password`). Every session of the user ends, on every
+        device, this client's tokens too: the new pair the server answers is kept (and returned,
+        and handed to `on_tokens`), so this client stays logged in. A wrong `current` raises
+        ValidationError `wrong_password`, a weak `new` `weak_password`; both leave the tokens."""
+        tokens: dict[str, str] = self._json(
+            "POST", "/api/password", json={"current_password": current, "new_password": new}
+        )
+        with self._lock:
+            self.access_token = tokens["access"]
+            self.refresh_token = tokens.get("refresh")
+            self._tokens_changed()
+        return tokens
+
+    def logout_all(self) -> None:
+        """End every session of the user, on every device, this one included (`POST
+        /api/logout/all`): all refresh tokens are revoked and all access tokens refused. Both
+        tokens are dropped here; log in again to go on."""
+        with self._lock:
+            self._json("POST", "/api/logout/all", json={})
+            self.access_token = self.refresh_token = None
+
     def me(self) -> dict[str, Any]:
         """The logged-in user: id, email, is_staff, date_joined."""
         user: dict[str, Any] = self._json("GET", "/api/me")

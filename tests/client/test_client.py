@@ -428,6 +428,72 @@ def test_logout_revokes_the_refresh_token(stack: Stack, account: Account):
         again.me()
 
 
+def test_change_password_keeps_this_client_logged_in_and_ends_every_other_session(
+    stack: Stack, account: Account
+):
+    new_password = "client-new-horse-4711"
+    handed: list[tuple[str, str | None]] = []
+    with (
+        Client(
+            stack.url,
+            email=account.email,
+            password=account.password,
+            on_tokens=lambda access, refresh: handed.append((access, refresh)),
+        ) as client,
+        Client(stack.url, email=account.email, password=account.password) as other_device,
+    ):
+        old_access, old_refresh = client.access_token, client.refresh_token
+        assert other_device.me()["email"] == account.email
+
+        with pytest.raises(ValidationError) as wrong:
+            client.change_password("not-the-password", new_password)
+        assert (wrong.value.status, wrong.value.code) == (400, "wrong_password")
+        assert list(wrong.value.fields) == ["current_password"]
+        with pytest.raises(ValidationError) as weak:
+            client.change_password(account.password, "short")
+        assert (weak.value.code, list(weak.value.fields)) == ("weak_password", ["new_password"])
+        assert (client.access_token, client.refresh_token) == (old_access, old_refresh)
+        assert other_device.me()["email"] == account.email  # nothing ended yet
+
+        tokens = client.change_password(account.password, new_password)
+
+        assert set(tokens) == {"access", "refresh"}
+        assert (client.access_token, client.refresh_token) == (tokens["access"], tokens["refresh"])
+        assert handed[-1] == (tokens["access"], tokens["refresh"])
+        assert client.me()["email"] == account.email
+        assert client.refresh() != tokens["access"]  # the new refresh token works too
+        # The other device's access token is refused, and so is its refresh token.
+        with pytest.raises(AuthenticationError) as ended:
+            other_device.me()
+        assert ended.value.code == "token_not_valid"
+        for stale in (Client(stack.url, old_access), Client(stack.url, refresh_token=old_refresh)):
+            with stale, pytest.raises(AuthenticationError):
+                stale.me()
+
+    with Client(stack.url) as anyone:
+        with pytest.raises(AuthenticationError):
+            anyone.login(account.email, account.password)
+        assert anyone.login(account.email, new_password)["access"]
+
+
+def test_logout_all_ends_every_session_this_one_included(stack: Stack, account: Account):
+    with (
+        Client(stack.url, email=account.email, password=account.password) as client,
+        Client(stack.url, email=account.email, password=account.password) as other_device,
+    ):
+        access, refresh = client.access_token, client.refresh_token
+        client.logout_all()
+        assert (client.access_token, client.refresh_token) == (None, None)
+        with pytest.raises(AuthenticationError) as ended:
+            other_device.me()
+        assert ended.value.code == "token_not_valid"
+        for stale in (Client(stack.url, access), Client(stack.url, refresh_token=refresh)):
+            with stale, pytest.raises(AuthenticationError):
+                stale.me()
+        assert client.login(account.email, account.password)["access"]  # the password stays
+        assert client.me()["email"] == account.email
+
+
 @pytest.mark.parametrize(
     ("status", "code", "kind"),
     [
