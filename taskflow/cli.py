@@ -292,6 +292,8 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    if args.all:
+        return _logout_everywhere(args)
     saved = load_credentials()
     path = credentials_path()
     if saved.get("refresh"):
@@ -307,6 +309,43 @@ def cmd_logout(args: argparse.Namespace) -> int:
         emit_json({"logged_out": existed})
     else:
         print("Logged out." if existed else "Not logged in.")
+    return EXIT_OK
+
+
+def _logout_everywhere(args: argparse.Namespace) -> int:
+    """End every session of the account on the server, then forget the saved token (dead now)."""
+    with make_client(args) as client:
+        client.logout_all()
+    if not os.environ.get("TASKFLOW_TOKEN"):  # else the saved token may be another account's
+        credentials_path().unlink(missing_ok=True)
+    if args.json:
+        emit_json({"logged_out": True, "everywhere": True})
+    else:
+        print("Logged out everywhere: every session of the account has ended.")
+    return EXIT_OK
+
+
+def cmd_password(args: argparse.Namespace) -> int:
+    if args.password_stdin:  # two lines: the current password, then the new one
+        current = sys.stdin.readline().rstrip("\r\n")
+        new = sys.stdin.readline().rstrip("\r\n")
+    else:
+        current = getpass.getpass("Current password: ")
+        new = getpass.getpass("New password: ")
+        if getpass.getpass("New password again: ") != new:
+            raise UsageError("The new passwords do not match.")
+    if not current or not new:
+        raise UsageError("The current and the new password are needed.")
+    from_environment = bool(os.environ.get("TASKFLOW_TOKEN"))
+    with make_client(args) as client:
+        client.change_password(current, new)  # the saved client saves the new tokens
+    path = None if from_environment else credentials_path()
+    if args.json:
+        emit_json({"changed": True, "credentials": str(path) if path else None})
+    elif path is None:
+        print("Password changed. Every session has ended, $TASKFLOW_TOKEN's too: log in again.")
+    else:
+        print(f"Password changed. Every other session has ended; the new token is saved in {path}.")
     return EXIT_OK
 
 
@@ -563,7 +602,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from stdin (default: $TASKFLOW_PASSWORD, else asked)",
     )
-    command("logout", cmd_logout, "revoke the saved token and forget it")
+    logout = command("logout", cmd_logout, "revoke the saved token and forget it")
+    logout.add_argument(
+        "--all",
+        action="store_true",
+        help="end every session of the account, on every device (a stolen token too)",
+    )
+    password = command("password", cmd_password, "change your password: every other session ends")
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the current password, then the new one, a line each from stdin (default: asked)",
+    )
     command("whoami", cmd_whoami, "the logged-in user")
     command("types", cmd_types, "the task types")
 

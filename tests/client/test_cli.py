@@ -18,6 +18,7 @@ import pytest
 from rest_framework_simplejwt.tokens import AccessToken
 
 from taskflow.cli import make_client
+from taskflow.client import AuthenticationError, Client
 from tests.client.conftest import CLIENT_TESTS, Account, Stack
 from tests.support.processes import free_port
 
@@ -370,3 +371,53 @@ def test_a_refresh_lost_to_another_taskflow_process_takes_the_tokens_it_saved(
         assert slow.me()["id"] == user_id  # R1 refused, so R2 and its access token are used
         assert (slow.access_token, slow.refresh_token) == (winner["access"], winner["refresh"])
     assert json.loads(cli.credentials.read_text()) == winner
+
+
+def test_password_changes_it_keeps_this_login_and_ends_the_others(
+    logged_in: Cli, stack: Stack, account: Account
+):
+    cli = logged_in
+    saved = json.loads(cli.credentials.read_text())
+    new_password = "cli-new-horse-4711"
+    with Client(stack.url, email=account.email, password=account.password) as other_device:
+        wrong = cli("password", "--password-stdin", input=f"not-it\n{new_password}\n")
+        assert wrong.returncode == 2, wrong.stderr
+        assert "(wrong_password)" in wrong.stderr
+        assert json.loads(cli.credentials.read_text()) == saved
+        assert other_device.me()["email"] == account.email
+
+        changed = cli("password", "--password-stdin", input=f"{account.password}\n{new_password}\n")
+        assert changed.returncode == 0, changed.stderr
+        assert changed.stdout == (
+            "Password changed. Every other session has ended; the new token is saved in "
+            f"{cli.credentials}.\n"
+        )
+        renewed = json.loads(cli.credentials.read_text())
+        assert renewed["access"] != saved["access"] and renewed["refresh"] != saved["refresh"]
+        assert (renewed["url"], renewed["email"]) == (saved["url"], saved["email"])
+        assert mode(cli.credentials) == 0o600
+        assert cli.json("whoami")["email"] == account.email
+        assert json.loads(cli.credentials.read_text()) == renewed  # no refresh was needed
+        with pytest.raises(AuthenticationError) as ended:
+            other_device.me()
+        assert ended.value.code == "token_not_valid"
+    with Client(stack.url, email=account.email, password=new_password) as again:
+        assert again.me()["email"] == account.email
+
+
+def test_logout_all_ends_every_session_and_forgets_the_token(
+    logged_in: Cli, stack: Stack, account: Account
+):
+    cli = logged_in
+    saved = json.loads(cli.credentials.read_text())
+    with Client(stack.url, email=account.email, password=account.password) as other_device:
+        assert cli.ok("logout", "--all") == (
+            "Logged out everywhere: every session of the account has ended.\n"
+        )
+        assert not cli.credentials.exists()
+        with pytest.raises(AuthenticationError):
+            other_device.me()
+    stale = Client(stack.url, saved["access"], refresh_token=saved["refresh"])
+    with stale, pytest.raises(AuthenticationError):
+        stale.me()
+    assert cli("whoami").returncode == 3
