@@ -18,8 +18,8 @@ A verified access token is kept in the process (by its exact bytes) until it exp
 client's next requests skip decoding and verifying it again (an access token has no revocation
 list: only its expiry and the user's row decide, and both are checked on every request). The row
 decides by `is_active` and `token_generation`: a token issued before the user's password last
-changed, or before a deactivation, carries an older generation and is refused (at no cost: the
-cached row carries it).
+changed, before a deactivation or before a logout everywhere (POST /api/logout/all), carries an
+older generation and is refused (at no cost: the cached row carries it).
 """
 
 import logging
@@ -275,8 +275,8 @@ class BearerOrBareJWTAuthentication(JWTAuthentication):
         user = self._get_active_user(validated_token, request)
         if validated_token.get(TOKEN_GENERATION_CLAIM, 0) != user.token_generation:
             raise AuthenticationFailed(
-                "Token was issued before the password changed or the account was deactivated: "
-                "log in again.",
+                "Token was issued before the password changed, the account was deactivated or "
+                "every session was ended: log in again.",
                 code="token_not_valid",
             )
         return user

@@ -34,8 +34,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
     # Tokens carry the generation they were issued in (claim "gen"; none means 0), and only
-    # the current one's are taken: raised when the password changes or the user is deactivated
-    # (services.user_tokens_revoke), which ends every access token issued before at once.
+    # the current one's are taken: raised when the password changes, the user is deactivated or
+    # logs out everywhere (services.user_tokens_revoke), which ends every access token issued
+    # before at once.
     token_generation = models.PositiveIntegerField(default=0)
 
     objects: ClassVar[UserManager] = UserManager()

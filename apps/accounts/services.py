@@ -115,8 +115,8 @@ def user_tokens_revoke(*, user_id: int) -> int:
     """End every session of the user: blacklist each refresh token still live (none refreshes
     again), and raise the user's token generation, so that every access token issued before is
     refused (checked on every request: apps.accounts.authentication). Called when the user's
-    password changes or the user is deactivated (apps.accounts.signals). Returns how many refresh
-    tokens were live.
+    password changes or the user is deactivated (apps.accounts.signals), and by a logout
+    everywhere (POST /api/logout/all). Returns how many refresh tokens were live.
 
     The user's row is locked first, as a refresh and a login lock it (apps.accounts.api): one
     under way commits its new token before the tokens are read here, and a later one finds its

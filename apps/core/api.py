@@ -26,8 +26,9 @@ class StrictInputSerializer(serializers.Serializer):
                 {"non_field_errors": ["Expected a JSON object."]}, code="invalid"
             )
         known = [name for name, field in self.fields.items() if not field.read_only]
+        unknown = f"Unknown field. Known fields: {', '.join(known)}." if known else None
         errors = {
-            name: [f"Unknown field. Known fields: {', '.join(known)}."]
+            name: [unknown or "Unknown field. This takes no fields."]
             for name in sorted(set(data) - set(known))
         }
         if hasattr(data, "getlist"):  # a QueryDict: form or multipart input

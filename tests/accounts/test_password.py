@@ -339,7 +339,7 @@ def test_logout_all_with_an_unknown_field_is_400_and_ends_nothing(user):
         "validation_error",
         fields=("refresh",),
     )
-    assert error["fields"]["refresh"][0].startswith("Unknown field.")
+    assert error["fields"]["refresh"] == ["Unknown field. This takes no fields."]
     assert_session_works(caller)
 
 
