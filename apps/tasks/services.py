@@ -193,6 +193,19 @@ def check_idempotency_key(key: str, *, bulk: bool = False) -> None:
     raise ApplicationError(message, code="validation_error", fields={"Idempotency-Key": [field]})
 
 
+def check_type_and_payload(
+    *, owner: User, type: str, payload: Any
+) -> tuple[TaskTypeSpec, dict[str, Any]]:
+    """What a create checks of its type and payload, with the create's errors: the type exists
+    and is enabled, the payload is storable, within MAX_PAYLOAD_BYTES and valid for the type.
+    Returns the type and the payload as a task would store it. apps.schedules checks a
+    schedule's payload with it, so that a schedule holds only what a create takes."""
+    spec = require_enabled_task_type(type)  # a type staff disabled takes no new tasks
+    _check_payload_storable(payload)
+    _check_payload_size(payload)
+    return spec, validate_payload(spec, payload, owner=owner)
+
+
 def _default_max_retries(spec: TaskTypeSpec) -> int:
     return spec.default_max_retries  # the type's own, else DEFAULT_MAX_RETRIES
 
@@ -206,10 +219,7 @@ def _new_task(
     run_at: datetime | None = None,
 ) -> Task:
     """A validated, unsaved task: every rule a create must pass, in one place."""
-    spec = require_enabled_task_type(type)  # a type staff disabled takes no new tasks
-    _check_payload_storable(payload)
-    _check_payload_size(payload)
-    clean_payload = validate_payload(spec, payload, owner=owner)
+    spec, clean_payload = check_type_and_payload(owner=owner, type=type, payload=payload)
     if max_retries is None:
         max_retries = _default_max_retries(spec)
     _check_max_retries(max_retries, spec)
