@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "apps.monitoring",
     "apps.files",
     "apps.notifications",
+    "apps.schedules",
 ]
 
 MIDDLEWARE = [
@@ -272,6 +273,10 @@ TASKFLOW = {
     "BULK_MAX_TASKS": env.int("BULK_MAX_TASKS", default=1000),
     # Tasks one user may have postponed, queued, running or retrying at once (0: no cap).
     "MAX_ACTIVE_TASKS_PER_USER": env.int("MAX_ACTIVE_TASKS_PER_USER", default=10000),
+    # Recurring schedules (apps.schedules): the shortest every_seconds, and how many one user
+    # may have.
+    "SCHEDULE_MIN_INTERVAL_SECONDS": env.int("SCHEDULE_MIN_INTERVAL_SECONDS", default=60),
+    "MAX_SCHEDULES_PER_USER": env.int("MAX_SCHEDULES_PER_USER", default=100),
     "PUBLIC_BASE_URL": env.str("PUBLIC_BASE_URL", default=""),
     # RabbitMQ's consumer_timeout (30 min by default): every time limit must stay under it.
     "RABBITMQ_CONSUMER_TIMEOUT_SECONDS": env.int("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", default=1800),

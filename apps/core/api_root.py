@@ -18,6 +18,7 @@ ENDPOINTS = {
     "tasks_bulk": "/api/tasks/bulk",
     "task_types": "/api/task-types",
     "files": "/api/files",
+    "schedules": "/api/schedules",
     "stats": "/api/stats",
     "schema": "/api/schema/",
     "docs": "/api/docs/",
