@@ -67,10 +67,11 @@ def _normal_cron(cron: str | None) -> str:
     return " ".join((cron or "").split())
 
 
-def _save_new(schedule: Schedule) -> None:
+def _save(schedule: Schedule, **save_options: Any) -> None:
+    """Save; a name the owner already uses is a 400 schedule_name_taken."""
     try:
         with transaction.atomic():  # a savepoint: the name's IntegrityError leaves the rest usable
-            schedule.save(force_insert=True)
+            schedule.save(**save_options)
     except IntegrityError as exc:
         if _NAME_CONSTRAINT in str(exc):
             raise _name_taken(schedule.name) from None
@@ -113,7 +114,7 @@ def schedule_create(
             else None
         ),
     )
-    _save_new(schedule)
+    _save(schedule, force_insert=True)
     return schedule
 
 
@@ -167,7 +168,7 @@ def schedule_update(
             schedule.next_run_at = _next_from_now(schedule)
             changed += ["cron", "every_seconds", "timezone", "enabled", "next_run_at"]
         if changed:
-            schedule.save(update_fields=[*dict.fromkeys(changed), "updated_at"])
+            _save(schedule, update_fields=[*dict.fromkeys(changed), "updated_at"])
     return schedule
 
 
