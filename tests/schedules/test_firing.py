@@ -100,14 +100,12 @@ def test_an_owner_at_the_active_task_cap_gets_last_error_and_the_schedule_moves_
 
 @pytest.mark.django_db
 def test_a_disabled_or_removed_type_or_a_payload_gone_bad_is_recorded(user):
-    disabled = make_due(
-        make_schedule(user, name="disabled", type="long_computation", payload={"duration": 1})
-    )
+    make_due(make_schedule(user, name="disabled", type="long_computation", payload={"duration": 1}))
     gone = make_due(make_schedule(user, name="gone"))
     bad = make_due(
         make_schedule(user, name="bad", type="long_computation", payload={"duration": 1})
     )
-    fine = make_due(make_schedule(user, name="fine"))
+    make_due(make_schedule(user, name="fine"))
     Schedule.objects.filter(id=gone.id).update(type="no_such_type")
     Schedule.objects.filter(id=bad.id).update(payload={"duration": -1})
     TaskType.objects.update_or_create(name="long_computation", defaults={"enabled": False})

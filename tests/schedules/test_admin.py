@@ -1,0 +1,78 @@
+"""The schedules admin through Django's test client: the list, and the enable/disable actions."""
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.schedules.models import Schedule
+from tests.schedules.conftest import make_schedule
+
+CHANGELIST = reverse("admin:schedules_schedule_changelist")
+
+
+@pytest.fixture
+def admin(db: Any) -> Client:
+    client = Client()
+    client.force_login(
+        User.objects.create_superuser(email="staff@example.com", password="staff-password-1")
+    )
+    return client
+
+
+def test_the_list_shows_each_schedules_owner_timing_and_last_error(admin, user, other_user):
+    make_schedule(user, name="hourly", every_seconds=3600)
+    failing = make_schedule(
+        other_user,
+        name="weekday mornings",
+        cron="0 9 * * 1-5",
+        every_seconds=None,
+        timezone="Europe/Paris",
+    )
+    Schedule.objects.filter(id=failing.id).update(
+        last_run_at=timezone.now(), last_error="too_many_active_tasks: You have too many"
+    )
+
+    response = admin.get(CHANGELIST)
+
+    assert response.status_code == 200, response.content[:2000]
+    assert {s.name for s in response.context["cl"].result_list} == {"hourly", "weekday mornings"}
+    page = response.content.decode()
+    for text in (
+        "alice@example.com",
+        "bob@example.com",
+        "every 3600 s",
+        "0 9 * * 1-5 (Europe/Paris)",
+        "too_many_active_tasks: You have too many",
+    ):
+        assert text in page, text
+    assert (
+        admin.get(reverse("admin:schedules_schedule_change", args=[failing.id])).status_code == 200
+    )
+
+
+def test_the_list_reads_a_fixed_number_of_queries(admin, user, django_assert_max_num_queries):
+    for n in range(30):
+        make_schedule(user, name=f"s{n}")
+    admin.get(CHANGELIST)  # warm: the session and the user
+    with django_assert_max_num_queries(12):
+        assert admin.get(CHANGELIST).status_code == 200
+
+
+def test_disable_and_enable_actions(admin, user):
+    schedule = make_schedule(user, every_seconds=600)
+    data = {"_selected_action": [str(schedule.id)], "index": 0}
+
+    response = admin.post(CHANGELIST, {**data, "action": "disable"}, follow=True)
+    assert response.status_code == 200
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.next_run_at) == (False, None)
+
+    before = timezone.now()
+    admin.post(CHANGELIST, {**data, "action": "enable"}, follow=True)
+    schedule.refresh_from_db()
+    assert schedule.enabled
+    assert schedule.next_run_at is not None and schedule.next_run_at >= before
