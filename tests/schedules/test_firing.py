@@ -1,6 +1,6 @@
 """beat's firing of due schedules (services.fire_due_schedules), against the real database."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +13,12 @@ from apps.tasks.models import Task
 from apps.tasks.tasks import release_due
 from tests.schedules.conftest import make_schedule
 from tests.support.concurrency import at_once
+
+
+def at(value: datetime | None) -> datetime:
+    """A next_run_at or a last_run_at that must be set."""
+    assert value is not None
+    return value
 
 
 def make_due(schedule: Schedule, ago: timedelta = timedelta(seconds=1)) -> Schedule:
@@ -32,12 +38,12 @@ def test_a_due_schedule_creates_one_task_for_its_owner_and_moves_on(user):
 
     task = Task.objects.get()
     assert (task.owner, task.type, task.payload, task.status) == (user, "echo", {"a": 1}, "queued")
-    assert task.idempotency_key == services.firing_key(schedule.id, due)
+    assert task.idempotency_key == services.firing_key(schedule.id, at(due))
     schedule.refresh_from_db()
-    assert schedule.next_run_at > timezone.now()
-    assert schedule.next_run_at == due + timedelta(seconds=60)  # on the interval's grid
+    assert at(schedule.next_run_at) > timezone.now()
+    assert at(schedule.next_run_at) == at(due) + timedelta(seconds=60)  # on the interval's grid
     assert (schedule.last_task_id, schedule.last_error) == (task.id, "")
-    assert schedule.last_run_at >= before
+    assert at(schedule.last_run_at) >= before
     assert services.fire_due_schedules() == 0  # not due any more
     assert Task.objects.count() == 1
 
@@ -48,8 +54,8 @@ def test_a_cron_schedule_fires_and_moves_to_its_next_time_after_now(user):
     assert services.fire_due_schedules() == 1
     schedule.refresh_from_db()
     now = timezone.now()
-    assert now < schedule.next_run_at <= now + timedelta(minutes=5)
-    assert schedule.next_run_at.minute % 5 == 0
+    assert now < at(schedule.next_run_at) <= now + timedelta(minutes=5)
+    assert at(schedule.next_run_at).minute % 5 == 0
 
 
 @pytest.mark.django_db
@@ -59,7 +65,7 @@ def test_runs_missed_while_beat_was_down_are_coalesced_into_one(user):
     assert services.fire_due_schedules() == 0
     assert Task.objects.count() == 1
     schedule.refresh_from_db()
-    assert timezone.now() < schedule.next_run_at <= timezone.now() + timedelta(seconds=60)
+    assert timezone.now() < at(schedule.next_run_at) <= timezone.now() + timedelta(seconds=60)
 
 
 @pytest.mark.django_db
@@ -77,7 +83,7 @@ def test_firing_again_for_the_same_due_time_creates_no_second_task(user):
     assert list(Task.objects.all()) == [first]
     schedule.refresh_from_db()
     assert (schedule.last_task_id, schedule.last_error) == (first.id, "")
-    assert schedule.next_run_at > timezone.now()
+    assert at(schedule.next_run_at) > timezone.now()
 
 
 @pytest.mark.django_db
@@ -94,7 +100,7 @@ def test_an_owner_at_the_active_task_cap_gets_last_error_and_the_schedule_moves_
     schedule.refresh_from_db()
     assert schedule.last_error.startswith("too_many_active_tasks:"), schedule.last_error
     assert schedule.last_task_id is None
-    assert schedule.next_run_at > timezone.now()
+    assert at(schedule.next_run_at) > timezone.now()
     assert services.fire_due_schedules() == 0  # no hot loop: not due again until its time
 
 
@@ -122,7 +128,7 @@ def test_a_disabled_or_removed_type_or_a_payload_gone_bad_is_recorded(user):
     services.fire_due_schedules()
     assert Schedule.objects.get(id=bad.id).last_error.startswith("validation_error:")
     assert Task.objects.get().type == "echo"
-    assert all(s.next_run_at > timezone.now() for s in Schedule.objects.all())
+    assert all(at(s.next_run_at) > timezone.now() for s in Schedule.objects.all())
 
 
 @pytest.mark.django_db
@@ -158,7 +164,7 @@ def test_an_unexpected_error_is_recorded_and_holds_back_no_other_schedule(user, 
 
     broken.refresh_from_db()
     assert "RuntimeError: a bug" in broken.last_error
-    assert broken.next_run_at > timezone.now()
+    assert at(broken.next_run_at) > timezone.now()
     assert Task.objects.get().payload == fine.payload
 
 

@@ -8,8 +8,8 @@ from apps.core.exceptions import ApplicationError
 from apps.schedules.timing import check_timing, next_cron_time, next_interval_time
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_a_daily_cron_keeps_its_wall_clock_time_across_spring_forward():
