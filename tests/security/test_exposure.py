@@ -21,6 +21,8 @@ from rest_framework_simplejwt.tokens import RefreshToken
 
 from apps.accounts.models import User
 from apps.core.logging import JsonFormatter, redact
+from apps.schedules.models import Schedule
+from apps.schedules.services import schedule_create
 from apps.tasks.models import Task
 from tests.conftest import client_for
 from tests.handlers.runner import create, deliver
@@ -86,11 +88,17 @@ def test_no_answer_holds_a_password_hash_or_another_users_email(user, other_user
     for owner in (user, other_user):
         create_task(owner, payload={"n": 1})
         make_file(owner, name=f"{owner.email}.txt")
+        schedule_create(owner=owner, name=owner.email, type="echo", payload={}, cron="0 9 * * *")
     task = Task.objects.filter(owner=user).first()
     own_file = make_file(user, name="mine.txt")
+    own_schedule = Schedule.objects.get(owner=user)
     assert task is not None
     api = client_for(user)
-    ids = {"task_id": str(task.id), "file_id": str(own_file.id)}
+    ids = {
+        "task_id": str(task.id),
+        "file_id": str(own_file.id),
+        "schedule_id": str(own_schedule.id),
+    }
     answers = []
     for route in api_routes():
         if "get" in route.methods:
@@ -99,6 +107,10 @@ def test_no_answer_holds_a_password_hash_or_another_users_email(user, other_user
         api.post("/api/tasks", {"type": "echo", "payload": {}}, format="json"),
         api.post("/api/tasks/bulk", {"tasks": [{"type": "echo"}]}, format="json"),
         api.get("/api/tasks?type=echo&page_size=200"),
+        api.post(
+            "/api/schedules", {"name": "n", "type": "echo", "every_seconds": 3600}, format="json"
+        ),
+        api.post(f"/api/schedules/{own_schedule.id}/run"),
         APIClient().post(
             "/api/register", {"email": other_user.email, "password": PASSWORD}, format="json"
         ),

@@ -115,6 +115,28 @@ def test_real_answers_of_every_operation_match_the_schema(bearer, staff_bearer):
     call("/api/tasks/{task_id}/", "DELETE", bearer, 204, path_parameters=task)
     call("/api/tasks/bulk/", "POST", bearer, 201, body={"tasks": [{"type": "echo"}]})
     call("/api/task-types/", "GET", bearer, 200)
+
+    schedules = "/api/schedules/"
+    made = call(
+        schedules,
+        "POST",
+        bearer,
+        201,
+        body={"name": "nightly", "type": "echo", "cron": "0 3 * * *", "timezone": "Europe/Paris"},
+    )
+    schedule = {"schedule_id": made["id"]}
+    call(schedules, "GET", bearer, 200, query={"page_size": 1})
+    call("/api/schedules/{schedule_id}/", "GET", bearer, 200, path_parameters=schedule)
+    call(
+        "/api/schedules/{schedule_id}/",
+        "PATCH",
+        bearer,
+        200,
+        path_parameters=schedule,
+        body={"every_seconds": 3600, "enabled": False},
+    )
+    call("/api/schedules/{schedule_id}/run/", "POST", bearer, 201, path_parameters=schedule)
+    call("/api/schedules/{schedule_id}/", "DELETE", bearer, 204, path_parameters=schedule)
     call("/api/stats/", "GET", bearer, 200)
     call("/api/me", "GET", bearer, 200)
 
