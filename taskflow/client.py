@@ -53,6 +53,7 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 Task = dict[str, Any]
 FileInfo = dict[str, Any]
+Schedule = dict[str, Any]
 # The JSON body of a request, or the query of a list request.
 Params = builtins.list[tuple[str, str]]
 
@@ -579,6 +580,60 @@ class Client:
         if page_size is not None:
             params.append(("page_size", str(page_size)))
         return self._pages("/api/tasks", params)
+
+    # -- schedules (docs/api.md#schedules)
+
+    def create_schedule(
+        self,
+        name: str,
+        type: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        cron: str | None = None,
+        every_seconds: int | None = None,
+        timezone: str | None = None,
+        enabled: bool = True,
+    ) -> Schedule:
+        """A recurring schedule: give `cron` (5 fields, read in `timezone`, default UTC) or
+        `every_seconds`. Each firing creates a task of `type` with `payload`."""
+        body: dict[str, Any] = {"name": name, "type": type, "payload": dict(payload or {})}
+        if cron is not None:
+            body["cron"] = cron
+        if every_seconds is not None:
+            body["every_seconds"] = every_seconds
+        if timezone is not None:
+            body["timezone"] = timezone
+        if not enabled:
+            body["enabled"] = False
+        schedule: Schedule = self._json("POST", "/api/schedules", json=body)
+        return schedule
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        """The schedule, with next_run_at and last_run_at, last_task_id, last_error."""
+        schedule: Schedule = self._json("GET", f"/api/schedules/{_segment(schedule_id)}")
+        return schedule
+
+    def list_schedules(self, *, page_size: int | None = None) -> Iterator[Schedule]:
+        """Your schedules, newest first (an iterator over the cursor pages, like list())."""
+        params: Params = [("page_size", str(page_size))] if page_size is not None else []
+        return self._pages("/api/schedules", params)
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
+        """Change a schedule: any of name, type, payload, cron, every_seconds, timezone,
+        enabled. A change of its timing (or enabled) computes next_run_at again from now."""
+        schedule: Schedule = self._json(
+            "PATCH", f"/api/schedules/{_segment(schedule_id)}", json=changes
+        )
+        return schedule
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the tasks it created stay."""
+        self._json("DELETE", f"/api/schedules/{_segment(schedule_id)}")
+
+    def run_schedule(self, schedule_id: str) -> Task:
+        """Create the schedule's task now, once (next_run_at does not change): the task."""
+        task: Task = self._json("POST", f"/api/schedules/{_segment(schedule_id)}/run")
+        return task
 
     # -- files
 

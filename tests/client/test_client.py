@@ -129,6 +129,37 @@ def test_submit_wait_get_result_and_delete_an_echo_task(client: Client):
     assert (gone.value.status, gone.value.code) == (404, "task_not_found")
 
 
+def test_schedules_create_list_change_run_and_delete(client: Client):
+    made = client.create_schedule(
+        "nightly", "echo", {"from": "schedule"}, cron="0 3 * * *", timezone="Europe/Paris"
+    )
+    assert (made["cron"], made["every_seconds"], made["timezone"], made["enabled"]) == (
+        "0 3 * * *",
+        None,
+        "Europe/Paris",
+        True,
+    )
+    assert made["next_run_at"] is not None
+    assert [s["id"] for s in client.list_schedules(page_size=1)] == [made["id"]]
+
+    changed = client.update_schedule(made["id"], every_seconds=3600, enabled=False)
+    assert (changed["cron"], changed["every_seconds"], changed["next_run_at"]) == (None, 3600, None)
+
+    task = client.run_schedule(made["id"])
+    assert (task["type"], task["payload"]) == ("echo", {"from": "schedule"})
+    assert client.wait(task["id"], timeout=30)["result"] == {"from": "schedule"}
+    assert client.get_schedule(made["id"])["last_task_id"] == task["id"]
+
+    with pytest.raises(ValidationError) as refused:
+        client.create_schedule("bad", "echo", cron="0 9 * *")
+    assert (refused.value.code, list(refused.value.fields)) == ("validation_error", ["cron"])
+
+    client.delete_schedule(made["id"])
+    with pytest.raises(NotFound) as gone:
+        client.get_schedule(made["id"])
+    assert gone.value.code == "schedule_not_found"
+
+
 def test_a_token_alone_is_enough_and_an_idempotency_key_creates_one_task(
     stack: Stack, client: Client, account: Account
 ):
