@@ -9,8 +9,12 @@ from django.db.models import Q
 
 class Schedule(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of its own: both indexes below start with owner.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="schedules",
+        db_index=False,
     )
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=100)
