@@ -7,6 +7,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.accounts.models import User
 from apps.handlers.models import TaskType
 from apps.schedules import services
 from apps.schedules.models import Schedule
@@ -226,3 +227,16 @@ def test_the_due_scan_reads_the_partial_index(user):
         cursor.execute(f"EXPLAIN {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "schedule_due" in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_deactivated_owners_schedule_creates_nothing_and_says_why(user):
+    schedule = make_due(make_schedule(user))
+    User.objects.filter(id=user.id).update(is_active=False)
+
+    assert services.fire_due_schedules() == 0
+
+    assert not Task.objects.exists()
+    schedule.refresh_from_db()
+    assert schedule.last_error == "The owner's account is deactivated."
+    assert at(schedule.next_run_at) > timezone.now()
