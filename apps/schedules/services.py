@@ -15,6 +15,7 @@ from django.db import IntegrityError, InterfaceError, OperationalError, transact
 from django.utils.timezone import now
 
 from apps.accounts.models import User
+from apps.accounts.services import user_lock
 from apps.core.exceptions import ApplicationError, NotFound
 from apps.schedules.models import Schedule
 from apps.schedules.timing import check_timing, next_time
@@ -53,7 +54,7 @@ def _check_schedule_cap(owner: User) -> None:
     cap = settings.TASKFLOW["MAX_SCHEDULES_PER_USER"]
     if not cap:
         return
-    list(User.objects.select_for_update().filter(pk=owner.pk).values_list("pk"))
+    user_lock(user_id=owner.pk)  # FOR NO KEY UPDATE: the owner's task creates do not wait
     if Schedule.objects.filter(owner=owner).count() >= cap:
         raise ApplicationError(
             f"You have too many schedules: at most {cap}. Delete some first.",

@@ -62,4 +62,7 @@ def all_queues() -> list[Queue]:
 
 
 # Housekeeping tasks go to the maintenance queue; tasks.execute names its queue per message.
-TASK_ROUTES = {"tasks.release_due": {"queue": TaskQueue.MAINTENANCE.value}}
+TASK_ROUTES = {
+    "tasks.release_due": {"queue": TaskQueue.MAINTENANCE.value},
+    "schedules.fire_due": {"queue": TaskQueue.MAINTENANCE.value},
+}

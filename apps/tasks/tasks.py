@@ -103,13 +103,8 @@ def execute_batch(self: Any, task_type: str, pairs: list[list[str]]) -> dict[str
 
 @shared_task(name="tasks.release_due", ignore_result=True, acks_late=False)
 def release_due() -> dict[str, int]:
-    """Beat's heartbeat: fire due schedules, release due tasks, republish unconfirmed ones,
-    settle expired leases."""
-    from apps.schedules.services import fire_due_schedules
-
+    """Beat's heartbeat: release due tasks, republish unconfirmed ones, settle expired leases."""
     return {
-        # First: a schedule's task is queued at once, not postponed, so it is not held back.
-        "scheduled": fire_due_schedules(),
         "released": services.release_due_tasks(),
         "republished": services.republish_unconfirmed(),
         "recovered": services.republish_lost(),

@@ -35,8 +35,8 @@ def test_beat_fires_an_interval_schedule_whose_tasks_succeed(user, broker):
     assert len(set(keys)) == len(keys), keys  # one task per due time
     assert all(str(key).startswith(f"schedule:{schedule.id}:") for key in keys)
     gaps = [b.created_at - a.created_at for a, b in itertools.pairwise(tasks)]
-    # every 2 s (beat's 200 ms tick adds jitter; no run twice, none bunched)
-    assert all(timedelta(seconds=1.5) < gap < timedelta(seconds=3) for gap in gaps), (gaps, logs)
+    # every 2 s (beat's 200 ms tick and a busy machine add jitter; no run twice, none bunched)
+    assert all(timedelta(seconds=1) < gap < timedelta(seconds=4) for gap in gaps), (gaps, logs)
     schedule.refresh_from_db()
     assert schedule.last_error == ""
     assert schedule.last_task_id in {t.id for t in tasks}

@@ -11,6 +11,12 @@ from apps.accounts.models import User
 from apps.handlers.models import TaskType
 from apps.schedules import services
 from apps.schedules.models import Schedule
+from apps.schedules.tasks import (
+    FIRE_DUE_SCHEDULE_NAME,
+    FIRE_DUE_TASK_NAME,
+    ensure_fire_due_schedule_on_beat_start,
+    fire_due,
+)
 from apps.tasks.models import Task
 from apps.tasks.tasks import release_due
 from tests.schedules.conftest import make_schedule
@@ -205,11 +211,23 @@ def test_two_concurrent_firings_of_the_same_due_time_create_one_task(user, broke
 
 
 @pytest.mark.django_db
-def test_beats_heartbeat_fires_due_schedules(user, broker):
+def test_beats_own_heartbeat_fires_due_schedules_and_the_releasers_does_not(user, broker):
     make_due(make_schedule(user))
-    result = release_due()
-    assert result["scheduled"] == 1
+    assert "scheduled" not in release_due()  # a burst of schedules never delays releases
+    assert Task.objects.count() == 0
+    assert fire_due() == 1
     assert Task.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_beat_start_sets_the_firing_heartbeat_to_the_release_interval(settings):
+    from django_celery_beat.models import PeriodicTask
+
+    settings.TASKFLOW = {**settings.TASKFLOW, "RELEASE_INTERVAL_MS": 250}
+    ensure_fire_due_schedule_on_beat_start(sender=None)
+    row = PeriodicTask.objects.get(name=FIRE_DUE_SCHEDULE_NAME)
+    assert (row.task, row.queue, row.enabled) == (FIRE_DUE_TASK_NAME, "maintenance", True)
+    assert (row.interval.every, row.interval.period) == (250_000, "microseconds")
 
 
 @pytest.mark.django_db
