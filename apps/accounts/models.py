@@ -1,10 +1,13 @@
 """Users log in with their email address; there is no username."""
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 
 class UserManager(BaseUserManager["User"]):
@@ -58,3 +61,30 @@ class User(AbstractBaseUser, PermissionsMixin):
         # in between got tokens that the revocation then ended.
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
+
+    # A browser's session (the admin's, which the API takes too) holds the session auth hash and
+    # ends when it no longer matches: Django's is of the password alone, so a logout everywhere
+    # (POST /api/logout/all, which raises the token generation) left a stolen session cookie
+    # working. Generation 0 keeps Django's own hash (the sessions from before this stay).
+
+    def get_session_auth_hash(self) -> str:
+        return self._with_generation(super().get_session_auth_hash(), secret=None)
+
+    def get_session_auth_fallback_hash(self) -> Iterator[str]:
+        hashes = super().get_session_auth_fallback_hash()
+        for secret, password_hash in zip(settings.SECRET_KEY_FALLBACKS, hashes, strict=True):
+            yield self._with_generation(password_hash, secret=secret)
+
+    def _with_generation(self, password_hash: str, *, secret: str | bytes | None) -> str:
+        generation = self.token_generation
+        if not isinstance(generation, int):  # an expression of a save under way (signals)
+            self.refresh_from_db(fields=["token_generation"])
+            generation = self.token_generation
+        if not generation:
+            return password_hash
+        return salted_hmac(
+            "apps.accounts.models.User.session_auth_hash",
+            f"{password_hash}:{generation}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()

@@ -80,3 +80,21 @@ def test_a_user_deactivated_in_the_admin_loses_the_refresh_tokens(admin, user):
     user.refresh_from_db()
     assert not user.is_active
     assert BlacklistedToken.objects.filter(token__token=stolen).exists()
+
+
+@pytest.mark.parametrize("form", ["/admin/password_change/", "user"])
+def test_staff_who_change_their_own_password_in_the_admin_stay_logged_in(admin, superuser, form):
+    """The session's hash includes the token generation the change raises (a logout everywhere
+    ends admin sessions too): the admin's form stores the new one, so this session goes on."""
+    new = "a-brand-new-password-4711"
+    if form == "user":
+        url, data = f"{CHANGELIST}{superuser.id}/password/", {"password1": new, "password2": new}
+    else:
+        url = form
+        data = {"old_password": "x-admin-pass-1", "new_password1": new, "new_password2": new}
+    response = admin.post(url, data)
+    assert response.status_code == 302, response.content[:2000]
+    superuser.refresh_from_db()
+    assert superuser.check_password(new)
+    assert superuser.token_generation == 1
+    assert admin.get(CHANGELIST).status_code == 200

@@ -325,6 +325,21 @@ def test_logout_all_ends_every_session_this_one_included(user, other_user):
     assert_session_works(login())
 
 
+def test_logout_all_ends_an_admin_session_too(user):
+    """A browser logged in to the admin is a session of the user (the API takes it too): a stolen
+    session cookie must not outlive a logout everywhere, as it does not outlive a new password."""
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    browser = DjangoClient()
+    browser.force_login(user)
+    assert browser.get("/api/me").status_code == 200
+
+    assert logout_all(login()["access"]).status_code == 205
+
+    assert browser.get("/api/me").status_code in (401, 403)
+    assert SESSION_KEY not in browser.session
+
+
 def test_logout_all_takes_an_empty_json_object_too(user):
     caller = login()
     assert logout_all(caller["access"], {}).status_code == 205
