@@ -95,19 +95,23 @@ class EmailTokenObtainPairSerializer(StrictInputSerializer, TokenObtainPairSeria
             return super().validate(attrs)
 
 
-class LoginView(TokenObtainPairView):
+class FirstRefusalThrottlesMixin:
+    """Ask the throttles in order and stop at the first refusal (DRF asks every one): a request
+    refused by one limit does not also use up the attempts the next one counts."""
+
+    def check_throttles(self, request: Request) -> None:
+        for throttle in self.get_throttles():  # type: ignore[attr-defined]
+            if not throttle.allow_request(request, self):
+                self.throttled(request, throttle.wait() or 1.0)  # type: ignore[attr-defined]
+
+
+class LoginView(FirstRefusalThrottlesMixin, TokenObtainPairView):
     """Trade email and password for an access and a refresh JWT."""
 
     serializer_class = EmailTokenObtainPairSerializer
     authentication_classes = ()
+    # An attempt refused for its address does not also use up the account's attempts.
     throttle_classes = [LoginAddressThrottle, LoginAccountThrottle]
-
-    def check_throttles(self, request: Request) -> None:
-        # In order, stopping at the first refusal (DRF asks every throttle): an attempt refused
-        # for its address does not also use up the account's attempts.
-        for throttle in self.get_throttles():
-            if not throttle.allow_request(request, self):
-                self.throttled(request, throttle.wait() or 1.0)
 
 
 # simplejwt's refresh, with a deleted user (or a user id that is no id) a 401 and not a 500:
@@ -194,13 +198,14 @@ class TokenPairOutputSerializer(serializers.Serializer):
     access = serializers.CharField()
 
 
-class PasswordChangeView(APIView):
+class PasswordChangeView(FirstRefusalThrottlesMixin, APIView):
     """Change one's own password. Every session of the user ends (as with a new password set in
     the admin); the answer is a new refresh and access token for the caller."""
 
     # The answer is a token pair: an admin browser session is no way in (nor around CSRF).
     authentication_classes = [BearerOrBareJWTAuthentication]
     permission_classes = [IsAuthenticated]
+    # A request the user's general rate refuses uses up no password attempt.
     throttle_classes = [UserRateThrottle, PasswordChangeUserThrottle]
 
     @extend_schema_serializer(component_name="PasswordChange")

@@ -265,6 +265,17 @@ def test_password_change_attempts_are_limited_per_user_right_or_wrong(user, othe
     assert change(bob["access"], change_body()).status_code == 200
 
 
+def test_a_request_the_user_rate_refuses_uses_no_password_attempt(user, rates):
+    rates(password_change="2/hour", user="1/min")
+    access = login()["access"]
+    assert_error(change(access, change_body(current="guess")), 400, "wrong_password")
+    assert_error(change(access, change_body(current="guess")), 429, "throttled")  # user rate
+    rates(password_change="2/hour", user="")
+    # The refused request was not a password attempt: one of the two is left.
+    assert_error(change(access, change_body(current="guess")), 400, "wrong_password")
+    assert_error(change(access, change_body(current="guess")), 429, "throttled")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_guesses_pass_the_limit_no_faster(rates):
     """Every attempt counts as it arrives (one INCR): guesses sent all at once are limited as well
