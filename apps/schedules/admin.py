@@ -36,16 +36,21 @@ class ScheduleAdmin(admin.ModelAdmin):
     def timing(self, schedule: Schedule) -> str:
         return schedule.timing
 
+    def _report(self, request: HttpRequest, done: str, refused: dict[str, str]) -> None:
+        self.message_user(request, done, messages.SUCCESS)
+        for name, problem in refused.items():
+            self.message_user(request, f"{name}: {problem}", messages.ERROR)
+
     @admin.action(description="Enable the selected schedules", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        changed = services.schedules_set_enabled(
+        changed, refused = services.schedules_set_enabled(
             schedule_ids=list(queryset.values_list("id", flat=True)), enabled=True
         )
-        self.message_user(request, f"Enabled {changed} schedule(s).", messages.SUCCESS)
+        self._report(request, f"Enabled {changed} schedule(s).", refused)
 
     @admin.action(description="Disable the selected schedules", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
-        changed = services.schedules_set_enabled(
+        changed, refused = services.schedules_set_enabled(
             schedule_ids=list(queryset.values_list("id", flat=True)), enabled=False
         )
-        self.message_user(request, f"Disabled {changed} schedule(s).", messages.SUCCESS)
+        self._report(request, f"Disabled {changed} schedule(s).", refused)

@@ -163,9 +163,14 @@ def schedule_update(
         if enabled is not _UNSET:
             schedule.enabled = enabled
         if timing_given:
-            check_timing(
-                cron=schedule.cron, every_seconds=schedule.every_seconds, timezone=schedule.timezone
-            )
+            if any(v is not _UNSET for v in (cron, every_seconds, timezone)):
+                # Only a new timing is checked: switching a schedule off or on asks nothing of
+                # the one it has (which a raised SCHEDULE_MIN_INTERVAL_SECONDS may refuse now).
+                check_timing(
+                    cron=schedule.cron,
+                    every_seconds=schedule.every_seconds,
+                    timezone=schedule.timezone,
+                )
             schedule.next_run_at = _next_from_now(schedule)
             changed += ["cron", "every_seconds", "timezone", "enabled", "next_run_at"]
         if changed:
@@ -184,14 +189,22 @@ def _next_from_now(schedule: Schedule) -> datetime | None:
     )
 
 
-def schedules_set_enabled(*, schedule_ids: list[uuid.UUID], enabled: bool) -> int:
-    """Enable or disable schedules (the admin's actions); how many changed. Enabling computes
+def schedules_set_enabled(
+    *, schedule_ids: list[uuid.UUID], enabled: bool
+) -> tuple[int, dict[str, str]]:
+    """Enable or disable schedules (the admin's actions): how many changed, and why the others
+    could not be (by name: a timing whose next time no longer computes). Enabling computes
     next_run_at from now."""
     changed = 0
+    refused: dict[str, str] = {}
     for schedule in Schedule.objects.filter(id__in=schedule_ids, enabled=not enabled):
-        schedule_update(schedule=schedule, enabled=enabled)
+        try:
+            schedule_update(schedule=schedule, enabled=enabled)
+        except ApplicationError as exc:
+            refused[schedule.name] = exc.message
+            continue
         changed += 1
-    return changed
+    return changed, refused
 
 
 def schedule_delete(*, schedule: Schedule) -> None:

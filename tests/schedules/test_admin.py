@@ -76,3 +76,32 @@ def test_disable_and_enable_actions(admin, user):
     schedule.refresh_from_db()
     assert schedule.enabled
     assert schedule.next_run_at is not None and schedule.next_run_at >= before
+
+
+def test_the_actions_work_on_a_schedule_below_a_raised_minimum_interval(admin, user, settings):
+    schedule = make_schedule(user, every_seconds=60)
+    settings.TASKFLOW = {**settings.TASKFLOW, "SCHEDULE_MIN_INTERVAL_SECONDS": 300}
+    data = {"_selected_action": [str(schedule.id)], "index": 0}
+
+    response = admin.post(CHANGELIST, {**data, "action": "disable"}, follow=True)
+    assert response.status_code == 200
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.next_run_at) == (False, None)
+
+    admin.post(CHANGELIST, {**data, "action": "enable"}, follow=True)
+    schedule.refresh_from_db()
+    assert schedule.enabled and schedule.next_run_at is not None
+
+
+def test_enabling_a_schedule_whose_time_cannot_be_computed_is_a_message_not_a_500(admin, user):
+    # e.g. a zone the tz database no longer has: the firing disabled it (_record_failure).
+    schedule = make_schedule(user, cron="0 3 * * *", every_seconds=None, enabled=False)
+    Schedule.objects.filter(id=schedule.id).update(timezone="Gone/Away")
+    data = {"_selected_action": [str(schedule.id)], "index": 0}
+
+    response = admin.post(CHANGELIST, {**data, "action": "enable"}, follow=True)
+
+    assert response.status_code == 200
+    assert "Gone/Away" in response.content.decode()
+    schedule.refresh_from_db()
+    assert (schedule.enabled, schedule.next_run_at) == (False, None)

@@ -287,3 +287,23 @@ def test_schedules_need_a_login(anon, user):
     schedule = make_schedule(user)
     assert_error(anon.get("/api/schedules"), 401, "not_authenticated")
     assert_error(anon.post(f"/api/schedules/{schedule.id}/run"), 401, "not_authenticated")
+
+
+def test_a_schedule_whose_interval_is_below_a_raised_minimum_can_still_be_disabled(
+    api, user, settings
+):
+    # The operator raised SCHEDULE_MIN_INTERVAL_SECONDS after the schedule was made: turning it
+    # off (or on again) asks nothing of its timing, and was refused with a 400 on every_seconds.
+    schedule = make_schedule(user, every_seconds=60)
+    settings.TASKFLOW = {**settings.TASKFLOW, "SCHEDULE_MIN_INTERVAL_SECONDS": 300}
+    url = f"/api/schedules/{schedule.id}"
+
+    response = api.patch(url, {"enabled": False}, format="json")
+    assert response.status_code == 200, response.content
+    assert (response.json()["enabled"], response.json()["next_run_at"]) == (False, None)
+
+    response = api.patch(url, {"enabled": True}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["next_run_at"] is not None
+    # A new interval still meets the minimum.
+    assert_error(api.patch(url, {"every_seconds": 60}, format="json"), 400, "validation_error")
