@@ -92,10 +92,25 @@ def _check_cron(cron: str, timezone: str) -> None:
 def next_cron_time(cron: str, timezone: str, *, after: datetime) -> datetime:
     """The first time strictly after `after` that `cron` matches on the wall clock of
     `timezone`, in UTC. Across DST: a time the clocks skip fires at the first minute after
-    the jump; an hour that repeats fires in each of its real hours (croniter's rules)."""
-    start = after.astimezone(zone(timezone))
-    found = croniter(cron, start).get_next(datetime)
-    return found.astimezone(UTC)
+    the jump (croniter's rule). In the hour that repeats, a cron with a wildcard minute or hour
+    (`0 * * * *`, `*/15 2 * * *`) fires in each real hour; one at a fixed time (`30 2 * * *`)
+    only in the first, as cron does: a daily job stays once a day."""
+    tz = zone(timezone)
+    times = croniter(cron, after.astimezone(tz))
+    fixed_time = not any(field.startswith("*") for field in cron.split()[:2])
+    while True:
+        found: datetime = times.get_next(datetime)
+        if not (fixed_time and _second_pass(found, tz)):
+            return found.astimezone(UTC)
+
+
+def _second_pass(moment: datetime, tz: ZoneInfo) -> bool:
+    """Whether `moment` is the second of the two real times its wall-clock time names (the
+    hour the clocks repeat when they go back)."""
+    wall = moment.replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    second = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return first < second and moment.astimezone(UTC) == second
 
 
 def next_interval_time(every_seconds: int, *, anchor: datetime, after: datetime) -> datetime:

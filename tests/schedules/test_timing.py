@@ -45,6 +45,54 @@ def test_an_hourly_cron_fires_in_each_real_hour_of_the_repeated_hour_in_autumn()
     ]
 
 
+@pytest.mark.parametrize(
+    ("cron", "zone", "after", "once", "next_day"),
+    [
+        # Paris repeats 02:00-03:00 on 2026-10-25: 02:30 CEST (00:30Z), then 02:30 CET (01:30Z).
+        (
+            "30 2 * * *",
+            "Europe/Paris",
+            utc(2026, 10, 24, 12),
+            utc(2026, 10, 25, 0, 30),
+            utc(2026, 10, 26, 1, 30),
+        ),
+        # New York repeats 01:00-02:00 on 2026-11-01 (EDT -4, then EST -5).
+        (
+            "30 1 * * *",
+            "America/New_York",
+            utc(2026, 10, 31, 12),
+            utc(2026, 11, 1, 5, 30),
+            utc(2026, 11, 2, 6, 30),
+        ),
+        # Lord Howe repeats 01:30-02:00 on 2026-04-05 (+11, then +10:30).
+        (
+            "45 1 * * *",
+            "Australia/Lord_Howe",
+            utc(2026, 4, 4, 0),
+            utc(2026, 4, 4, 14, 45),
+            utc(2026, 4, 5, 15, 15),
+        ),
+    ],
+)
+def test_a_cron_at_a_fixed_time_fires_once_in_the_repeated_hour_in_autumn(
+    cron, zone, after, once, next_day
+):
+    # A daily job runs once a day, DST or not (as cron does: a job whose minute and hour are
+    # both fixed is not run again when the clocks go back; one with a * in them runs each pass).
+    first = next_cron_time(cron, zone, after=after)
+    assert first == once
+    assert next_cron_time(cron, zone, after=first) == next_day
+
+
+def test_a_cron_with_a_wildcard_minute_fires_in_both_passes_of_the_repeated_hour():
+    times = []
+    after = utc(2026, 10, 24, 23, 50)  # 01:50 CEST
+    for _ in range(3):
+        after = next_cron_time("*/30 2 * * *", "Europe/Paris", after=after)
+        times.append(after)
+    assert times == [utc(2026, 10, 25, 0), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1)]
+
+
 def test_a_cron_is_read_in_utc_by_default():
     assert next_cron_time("*/15 * * * *", "UTC", after=utc(2026, 1, 1, 10, 7)) == utc(
         2026, 1, 1, 10, 15
