@@ -339,7 +339,13 @@ def _record_failure(schedule_id: uuid.UUID, error: str) -> None:
             return
         try:
             schedule.next_run_at = _next_from_now(schedule)
-        except ApplicationError:  # the timing itself no longer computes: stop firing it
+        except (OperationalError, InterfaceError):
+            raise
+        except Exception:
+            # The timing itself no longer computes (a 400 from its check, or anything else:
+            # raised out of the run, it held back every schedule due after it, on every
+            # heartbeat): stop firing it.
+            logger.exception("Schedule %s: its next time does not compute", schedule_id)
             schedule.enabled, schedule.next_run_at = False, None
         schedule.last_error = error[:2000]
         schedule.save(update_fields=["enabled", "next_run_at", "last_error", "updated_at"])

@@ -177,6 +177,33 @@ def test_an_unexpected_error_is_recorded_and_holds_back_no_other_schedule(user, 
 
 
 @pytest.mark.django_db
+def test_an_unexpected_error_of_the_timing_itself_holds_back_no_other_schedule(user, monkeypatch):
+    # The next time fails to compute with something other than a 400 (a croniter bug, a date
+    # out of range): the schedule is switched off with the reason. It was raised out of the
+    # whole run, on every heartbeat, so that every schedule due after it never fired.
+    broken = make_due(
+        make_schedule(user, name="broken", cron="0 3 * * *", every_seconds=None),
+        ago=timedelta(seconds=5),
+    )
+    make_due(make_schedule(user, name="fine"))
+    real_next_time = services.next_time
+
+    def next_time(**kwargs: Any) -> Any:
+        if kwargs["cron"]:
+            raise OverflowError("date value out of range")
+        return real_next_time(**kwargs)
+
+    monkeypatch.setattr(services, "next_time", next_time)
+
+    assert services.fire_due_schedules() == 1
+
+    broken.refresh_from_db()
+    assert (broken.enabled, broken.next_run_at) == (False, None)
+    assert "OverflowError: date value out of range" in broken.last_error
+    assert Task.objects.get().payload == {"hello": "world"}  # the fine one's, once
+
+
+@pytest.mark.django_db
 def test_many_due_schedules_fire_over_several_batches(user):
     for n in range(7):
         make_due(make_schedule(user, name=f"s{n}"))
