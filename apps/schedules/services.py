@@ -6,6 +6,7 @@ after commit.
 """
 
 import logging
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -232,14 +233,27 @@ def firing_key(schedule_id: uuid.UUID, due: datetime) -> str:
     return f"schedule:{schedule_id}:{due.isoformat()}"
 
 
-def fire_due_schedules(*, batch_size: int = FIRE_BATCH_SIZE, max_batches: int = 20) -> int:
+def fire_due_schedules(
+    *,
+    batch_size: int = FIRE_BATCH_SIZE,
+    max_batches: int = 20,
+    budget_seconds: float | None = None,
+) -> int:
     """Create a task for each enabled schedule whose next_run_at has come; how many tasks were
     created.
+
+    A run starts no new firing once it has taken `budget_seconds` (by default beat's interval,
+    RELEASE_INTERVAL_MS; at least one firing a run): the next heartbeat goes on. A burst of due
+    schedules (~6 ms each) then keeps about one maintenance worker process busy, not one per
+    heartbeat that came meanwhile, and the releaser's messages find a free one.
 
     Each schedule is claimed (FOR UPDATE SKIP LOCKED: another beat, or a PATCH, holding it is
     passed over) and fired in a transaction of its own, so one schedule's failure holds back no
     other. Runs missed while beat was down are coalesced: the schedule fires once, and
     next_run_at becomes its next time after now (as Celery beat and sidekiq-cron do)."""
+    if budget_seconds is None:
+        budget_seconds = settings.TASKFLOW["RELEASE_INTERVAL_MS"] / 1000
+    ends_at = time.monotonic() + budget_seconds
     fired = 0
     seen: set[uuid.UUID] = set()
     for _ in range(max_batches):
@@ -251,6 +265,8 @@ def fire_due_schedules(*, batch_size: int = FIRE_BATCH_SIZE, max_batches: int = 
             .values_list("id", flat=True)[:batch_size]
         )
         for schedule_id in due_ids:
+            if seen and time.monotonic() >= ends_at:
+                return fired
             seen.add(schedule_id)
             fired += _fire_one(schedule_id)
         if len(due_ids) < batch_size:

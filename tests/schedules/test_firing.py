@@ -285,3 +285,15 @@ def test_a_deactivated_owners_schedule_creates_nothing_and_says_why(user):
     schedule.refresh_from_db()
     assert schedule.last_error == "The owner's account is deactivated."
     assert at(schedule.next_run_at) > timezone.now()
+
+
+@pytest.mark.django_db
+def test_a_run_stops_firing_when_its_time_is_up_and_the_next_goes_on(user, broker):
+    for number in range(3):
+        make_due(make_schedule(user, name=f"burst {number}"))
+    # No time at all: one firing a run (never none), the others left due for the next run.
+    assert services.fire_due_schedules(budget_seconds=0) == 1
+    assert Task.objects.count() == 1
+    assert services.fire_due_schedules(budget_seconds=0) == 1
+    assert services.fire_due_schedules(budget_seconds=60) == 1
+    assert Task.objects.count() == 3
