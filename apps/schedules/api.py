@@ -13,7 +13,8 @@ from apps.core.api import JSONValueField, StrictInputSerializer, TextField
 from apps.core.exceptions import ApplicationError
 from apps.schedules import selectors, services
 from apps.schedules.models import Schedule
-from apps.tasks.api import TaskCursorPagination, TaskOutputSerializer
+from apps.tasks.api import IDEMPOTENCY_HEADER, TaskCursorPagination, TaskOutputSerializer
+from apps.tasks.services import check_idempotency_key
 
 SCHEDULE_ID_PARAMETER = OpenApiParameter("schedule_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 LIST_PARAMETERS = [
@@ -142,12 +143,21 @@ class ScheduleRunApi(APIView):
     @extend_schema(
         operation_id="schedules_run",
         request=None,
-        responses={201: TaskOutputSerializer},
-        description="Create the schedule's task now, once; next_run_at does not change.",
+        responses={201: TaskOutputSerializer, 200: TaskOutputSerializer},
+        description="Create the schedule's task now, once; next_run_at does not change. With an "
+        "Idempotency-Key header, a retried request answers 200 with the task the first made.",
     )
     def post(self, request: Request, schedule_id: str) -> Response:
         schedule = selectors.schedule_get(user=request.user, schedule_id=schedule_id)  # type: ignore[arg-type]
-        task = services.schedule_run_now(schedule=schedule)
-        response = Response(TaskOutputSerializer(task).data, status=status.HTTP_201_CREATED)
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if key is not None:
+            check_idempotency_key(key)
+        task, created = services.schedule_run_now(schedule=schedule, idempotency_key=key)
+        response = Response(
+            TaskOutputSerializer(task).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
         response["Location"] = f"/api/tasks/{task.id}"
+        if not created:
+            response["Idempotent-Replayed"] = "true"
         return response

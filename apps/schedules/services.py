@@ -213,15 +213,25 @@ def schedule_delete(*, schedule: Schedule) -> None:
     schedule.delete()
 
 
-def schedule_run_now(*, schedule: Schedule) -> Task:
-    """Create the schedule's task now, once, leaving next_run_at as it is; the create's
-    errors (the active-task cap, the type disabled...) are the caller's."""
+def schedule_run_now(
+    *, schedule: Schedule, idempotency_key: str | None = None
+) -> tuple[Task, bool]:
+    """Create the schedule's task now, once, leaving next_run_at as it is: (the task, whether
+    it was created). With a key, a request retried finds the task the first one made, as a task
+    create's does. The create's errors (the active-task cap, the type disabled...) are the
+    caller's."""
     with transaction.atomic():
-        task, _ = task_create(owner=schedule.owner, type=schedule.type, payload=schedule.payload)
-        Schedule.objects.filter(id=schedule.id).update(
-            last_run_at=task.created_at, last_task_id=task.id, last_error="", updated_at=now()
+        task, created = task_create(
+            owner=schedule.owner,
+            type=schedule.type,
+            payload=schedule.payload,
+            idempotency_key=idempotency_key,
         )
-    return task
+        if created:
+            Schedule.objects.filter(id=schedule.id).update(
+                last_run_at=task.created_at, last_task_id=task.id, last_error="", updated_at=now()
+            )
+    return task, created
 
 
 # --- Firing, from beat's heartbeat (apps.tasks.tasks.release_due) --------------------------

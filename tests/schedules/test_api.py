@@ -255,6 +255,22 @@ def test_delete_removes_the_schedule_and_keeps_its_tasks(api, user):
     assert Task.objects.filter(id=task["id"]).exists()
 
 
+def test_run_now_retried_with_an_idempotency_key_creates_one_task(api, user):
+    schedule = make_schedule(user, type="echo", payload={"k": "v"})
+    url = f"/api/schedules/{schedule.id}/run"
+    first = api.post(url, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-25")
+    again = api.post(url, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-25")
+
+    assert first.status_code == 201, first.content
+    assert again.status_code == 200, again.content
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert Task.objects.filter(owner=user).count() == 1
+    other = api.post(url, HTTP_IDEMPOTENCY_KEY="nightly-2026-11-26")
+    assert other.status_code == 201
+    assert_error(api.post(url, HTTP_IDEMPOTENCY_KEY="x" * 201), 400, "validation_error")
+
+
 def test_run_now_creates_a_task_and_leaves_next_run(api, user):
     schedule = make_schedule(user, type="echo", payload={"k": "v"}, enabled=False)
     response = api.post(f"/api/schedules/{schedule.id}/run")
