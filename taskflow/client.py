@@ -630,9 +630,13 @@ class Client:
         """Delete a schedule; the tasks it created stay."""
         self._json("DELETE", f"/api/schedules/{_segment(schedule_id)}")
 
-    def run_schedule(self, schedule_id: str) -> Task:
-        """Create the schedule's task now, once (next_run_at does not change): the task."""
-        task: Task = self._json("POST", f"/api/schedules/{_segment(schedule_id)}/run")
+    def run_schedule(self, schedule_id: str, *, idempotency_key: str | None = None) -> Task:
+        """Create the schedule's task now, once (next_run_at does not change): the task. With an
+        `idempotency_key`, a repeat returns the first task instead of a second one."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        task: Task = self._json(
+            "POST", f"/api/schedules/{_segment(schedule_id)}/run", headers=headers
+        )
         return task
 
     # -- files

@@ -149,6 +149,10 @@ def test_schedules_create_list_change_run_and_delete(client: Client):
     assert (task["type"], task["payload"]) == ("echo", {"from": "schedule"})
     assert client.wait(task["id"], timeout=30)["result"] == {"from": "schedule"}
     assert client.get_schedule(made["id"])["last_task_id"] == task["id"]
+    keyed = client.run_schedule(made["id"], idempotency_key="once")
+    assert (
+        client.run_schedule(made["id"], idempotency_key="once")["id"] == keyed["id"] != task["id"]
+    )
 
     with pytest.raises(ValidationError) as refused:
         client.create_schedule("bad", "echo", cron="0 9 * *")
