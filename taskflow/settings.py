@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "apps.files",
     "apps.notifications",
     "apps.schedules",
+    "apps.callbacks",
 ]
 
 MIDDLEWARE = [
@@ -333,6 +334,18 @@ IMAGE_MAX_PIXELS = env.int("IMAGE_MAX_PIXELS", default=50_000_000)
 # Networks that download_files and fetch_url may reach although they are not public (CIDRs,
 # comma-separated). Empty: only public addresses.
 SSRF_ALLOWED_NETWORKS = env.list("SSRF_ALLOWED_NETWORKS", default=[])
+
+# --- Completion callbacks (apps.callbacks; docs/api.md, "Callbacks")
+# The key each user's signing secret is derived from (HMAC of the user id): empty derives it from
+# SECRET_KEY. Changing it changes every user's secret.
+CALLBACK_SIGNING_KEY = env.str("CALLBACK_SIGNING_KEY", default="")
+# POSTs per callback before it is given up (failed).
+CALLBACK_MAX_ATTEMPTS = env.int("CALLBACK_MAX_ATTEMPTS", default=8)
+# Each POST's connect and read timeout.
+CALLBACK_TIMEOUT_SECONDS = env.float("CALLBACK_TIMEOUT_SECONDS", default=10.0)
+# The wait before retry n: uniform(0, min(cap, base * 2**(n-1))) (apps.tasks.backoff).
+CALLBACK_BACKOFF_BASE_SECONDS = env.float("CALLBACK_BACKOFF_BASE_SECONDS", default=10.0)
+CALLBACK_BACKOFF_CAP_SECONDS = env.float("CALLBACK_BACKOFF_CAP_SECONDS", default=3600.0)
 # send_email's SMTP server (seed 002's variable names).
 EMAIL_HOST = env.str("MAIL_HOST", default="localhost")
 EMAIL_PORT = env.int("MAIL_PORT", default=25)

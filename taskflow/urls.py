@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/", include("apps.tasks.urls")),
     path("api/", include("apps.files.urls")),
     path("api/", include("apps.schedules.urls")),
+    path("api/", include("apps.callbacks.urls")),
     # /api/stats, /metrics and the staff dashboard at /admin/dashboard/ (before the admin's own).
     path("", include("apps.monitoring.urls")),
     path("admin/", admin.site.urls),

@@ -61,6 +61,9 @@ class Task(models.Model):
     # NULL means "no key", which the unique constraint leaves out.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="")
+    # Where TaskFlow POSTs the task once it ends (apps.callbacks); "" for none. A constant
+    # default: adding the column rewrote no table, and a task without one costs nothing more.
+    callback_url = models.CharField(max_length=2000, blank=True, default="", db_default="")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=False)
     updated_at = models.DateTimeField(auto_now=True)

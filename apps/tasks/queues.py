@@ -65,4 +65,7 @@ def all_queues() -> list[Queue]:
 TASK_ROUTES = {
     "tasks.release_due": {"queue": TaskQueue.MAINTENANCE.value},
     "schedules.fire_due": {"queue": TaskQueue.MAINTENANCE.value},
+    "callbacks.dispatch_due": {"queue": TaskQueue.MAINTENANCE.value},
+    # The POSTs themselves: network waits, on the io worker's large pool.
+    "callbacks.deliver": {"queue": TaskQueue.IO.value},
 }

@@ -17,11 +17,14 @@ from django.db import connection
 from django.db.backends.postgresql.base import ServerBindingCursor
 
 from apps.tasks.models import Task, TaskAttempt, TaskStatusChange
-from apps.tasks.states import TaskStatus, sources_of
+from apps.tasks.states import FINAL_STATES, TaskStatus, sources_of
 
 TASK_TABLE = Task._meta.db_table
 ATTEMPT_TABLE = TaskAttempt._meta.db_table
 HISTORY_TABLE = TaskStatusChange._meta.db_table
+# The completion callbacks' outbox (apps.callbacks.models.TaskCallback), named rather than
+# imported: apps.callbacks depends on this app, not the reverse.
+CALLBACK_TABLE = "callbacks_taskcallback"
 _TASK_FIELDS = {str(field.column): field for field in Task._meta.concrete_fields}
 # Named, not `t.*`: a column added by a later migration must not change a prepared statement's
 # result type while old workers still run it.
@@ -263,6 +266,20 @@ def transition(
         )
         attempt_params = [attempt.outcome, attempt.error]
 
+    # A task that ends owes its callback: the outbox row is written by this same statement, so a
+    # task never ends without it, nor gets one without ending. Only terminal moves carry the CTE
+    # (the claim and the release are untouched), and a row without a callback_url inserts nothing.
+    callback_sql = ""
+    callback_params: list[Any] = []
+    if to in FINAL_STATES:
+        callback_sql = (
+            f", cb AS (INSERT INTO {CALLBACK_TABLE} "
+            "(task_id, url, status, attempts, next_attempt_at, last_error, created_at) "
+            "SELECT id, callback_url, %s, 0, statement_timestamp(), '', statement_timestamp() "
+            "FROM upd WHERE callback_url <> '')"
+        )
+        callback_params = [str(to)]
+
     # Only a moved row makes the final SELECT read `cfg`, and so set the option.
     no_wait_sql = (
         "" if wait_for_disk else "cfg AS (SELECT set_config('synchronous_commit', 'off', true)), "
@@ -283,7 +300,7 @@ def transition(
                 (task_id, from_status, to_status, at, attempt, actor_id, note)
             SELECT id, previous_status, %s, statement_timestamp(), attempts, %s, {note_sql}
             FROM upd
-        ){attempt_sql}
+        ){attempt_sql}{callback_sql}
         SELECT {_selected(returning, columns)} FROM upd{"" if wait_for_disk else ", cfg"}
     """
     params = [
@@ -297,6 +314,7 @@ def transition(
         actor_id,
         *note_params,
         *attempt_params,
+        *callback_params,
     ]
     with prepared_cursor() as cursor:
         cursor.execute(sql, params)

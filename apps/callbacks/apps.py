@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CallbacksConfig(AppConfig):
+    name = "apps.callbacks"
+    label = "callbacks"
+    verbose_name = "Completion callbacks"
