@@ -9,7 +9,12 @@ from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.decorators.cache import never_cache
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
 from rest_framework import exceptions, serializers, status
 from rest_framework.fields import get_error_detail
 from rest_framework.pagination import Cursor, CursorPagination
@@ -17,6 +22,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.callbacks.models import CallbackState
+from apps.callbacks.selectors import callback_summary
 from apps.core.api import JSONValueField, StrictInputSerializer
 from apps.core.exceptions import ApplicationError, validation_summary
 from apps.core.text import ascii_digits
@@ -75,6 +82,8 @@ def _task_dict(task: Task, *, full: bool) -> dict[str, Any]:
         "progress_message": task.progress_message,
         "cancel_requested": task.cancel_requested_at is not None,
     }
+    if full:  # not in the list: its rows are read without the column (selectors.LIST_FIELDS)
+        data["callback_url"] = task.callback_url
     if full:
         data["result"] = task.result
     data |= {
@@ -102,6 +111,7 @@ class TaskOutputSerializer(serializers.Serializer):
     progress = serializers.IntegerField()
     progress_message = serializers.CharField()
     cancel_requested = serializers.SerializerMethodField()
+    callback_url = serializers.CharField(help_text="Where the task is POSTed when it ends.")
     result = serializers.JSONField(allow_null=True)
     error = serializers.CharField()
     dead_lettered_at = serializers.DateTimeField(allow_null=True)
@@ -130,6 +140,7 @@ _TASK_OUTPUT = TaskOutputSerializer()
 class TaskListItemSerializer(TaskOutputSerializer):
     payload = None  # type: ignore[assignment]
     result = None  # type: ignore[assignment]
+    callback_url = None  # type: ignore[assignment]
 
     def to_representation(self, task: Task) -> dict[str, Any]:
         if timezone.get_current_timezone_name() != "UTC":
@@ -154,9 +165,26 @@ class StatusChangeOutputSerializer(serializers.Serializer):
     note = serializers.CharField()
 
 
+class CallbackSummarySerializer(serializers.Serializer):
+    event = serializers.CharField()
+    state = serializers.ChoiceField(choices=CallbackState.choices)
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    last_status_code = serializers.IntegerField(allow_null=True)
+    delivered_at = serializers.DateTimeField(allow_null=True)
+
+
 class TaskDetailOutputSerializer(TaskOutputSerializer):
     attempts = AttemptOutputSerializer(many=True, source="attempt_rows.all")
     history = StatusChangeOutputSerializer(many=True, source="status_changes.all")
+    callback = serializers.SerializerMethodField(
+        help_text="The completion callback's delivery, once the task ended; null if none."
+    )
+
+    @extend_schema_field(CallbackSummarySerializer(allow_null=True))
+    def get_callback(self, task: Task) -> dict[str, Any] | None:
+        summary = callback_summary(task)
+        return None if summary is None else CallbackSummarySerializer(summary).data
 
 
 class TaskResultOutputSerializer(serializers.Serializer):
@@ -251,6 +279,12 @@ class TaskListCreateApi(APIView):
         params = JSONValueField(required=False, help_text="Seed 001's name for payload.")
         max_retries = serializers.IntegerField(required=False, allow_null=True)
         run_at = serializers.DateTimeField(required=False, allow_null=True)
+        callback_url = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            trim_whitespace=False,
+            help_text="POSTed to, signed, when the task ends (docs/api.md, Callbacks).",
+        )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             if "payload" in attrs and "params" in attrs:
@@ -300,6 +334,7 @@ class TaskListCreateApi(APIView):
             max_retries=fields.get("max_retries"),
             run_at=fields.get("run_at"),
             idempotency_key=key,
+            callback_url=fields.get("callback_url", ""),
         )
         response = Response(
             _TASK_OUTPUT.to_representation(task),
@@ -320,6 +355,7 @@ class TaskBulkItemSerializer(StrictInputSerializer):
     payload = JSONValueField(required=False, default=dict)
     max_retries = serializers.IntegerField(required=False, allow_null=True)
     run_at = serializers.DateTimeField(required=False, allow_null=True)
+    callback_url = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
 
 
 # The item serializer for the items the plain check below leaves to it (stateless between items,
@@ -365,6 +401,10 @@ def _plain_input(
         plain["max_retries"] = max_retries
     if "run_at" in data:
         plain["run_at"] = None
+    if "callback_url" in data:
+        if type(data["callback_url"]) is not str:
+            return None
+        plain["callback_url"] = data["callback_url"]  # the service checks it
     return plain
 
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from apps.accounts.models import User
+from apps.callbacks.services import check_callback_url
 from apps.core.exceptions import (
     ApplicationError,
     Conflict,
@@ -217,6 +218,7 @@ def _new_task(
     payload: Any,
     max_retries: int | None = None,
     run_at: datetime | None = None,
+    callback_url: str = "",
 ) -> Task:
     """A validated, unsaved task: every rule a create must pass, in one place."""
     spec, clean_payload = check_type_and_payload(owner=owner, type=type, payload=payload)
@@ -224,6 +226,8 @@ def _new_task(
         max_retries = _default_max_retries(spec)
     _check_max_retries(max_retries, spec)
     _check_run_at(run_at)
+    if callback_url:
+        check_callback_url(callback_url)
     postponed = run_at is not None
     return Task(
         owner=owner,
@@ -234,6 +238,7 @@ def _new_task(
         max_retries=max_retries,
         run_at=run_at,
         dispatch_id=None if postponed else uuid.uuid4(),
+        callback_url=callback_url,
     )
 
 
@@ -329,6 +334,7 @@ def task_create(
     max_retries: int | None = None,
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
+    callback_url: str = "",
 ) -> tuple[Task, bool]:
     """Create a task and publish it after commit. Returns (task, created).
 
@@ -340,14 +346,21 @@ def task_create(
         spec = require_task_type(type)
         if max_retries is None:  # an explicit default and an omitted one are the same request
             max_retries = _default_max_retries(spec)
-        fingerprint = _fingerprint(type, payload, max_retries, run_at)
+        # The callback only when given: the keys of requests without one keep their fingerprint.
+        parts = (type, payload, max_retries, run_at, *([callback_url] if callback_url else []))
+        fingerprint = _fingerprint(*parts)
         existing = Task.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
         if existing is not None:
             # A repeat is answered even once its run_at has passed: it asks for nothing new.
             return _idempotent_replay(existing, fingerprint), False
 
     task = _new_task(
-        owner=owner, type=type, payload=payload, max_retries=max_retries, run_at=run_at
+        owner=owner,
+        type=type,
+        payload=payload,
+        max_retries=max_retries,
+        run_at=run_at,
+        callback_url=callback_url,
     )
     task.idempotency_key = idempotency_key or None
     task.idempotency_fingerprint = fingerprint
@@ -447,9 +460,10 @@ def _bulk_row(
     payload: Any,
     max_retries: int | None = None,
     run_at: datetime | None = None,
-) -> tuple[_BulkType, str, int, datetime | None]:
+    callback_url: str = "",
+) -> tuple[_BulkType, str, int, datetime | None, str]:
     """One item checked by `_new_task`'s rules, in its order: (its type, the payload's JSON,
-    max_retries, run_at). Raises ApplicationError as `_new_task` does."""
+    max_retries, run_at, callback_url). Raises ApplicationError as `_new_task` does."""
     kind = kinds.get(type)
     if kind is None:
         try:
@@ -473,7 +487,9 @@ def _bulk_row(
         _check_max_retries(max_retries, kind.spec)
     if run_at is not None:
         _check_run_at(run_at)
-    return kind, text, max_retries, run_at
+    if callback_url:
+        check_callback_url(callback_url)
+    return kind, text, max_retries, run_at, callback_url
 
 
 def task_create_bulk(
@@ -509,7 +525,7 @@ def task_create_bulk(
         if replayed is not None:
             return replayed, False
     kinds: dict[str, _BulkType | ApplicationError] = {}
-    checked: list[tuple[_BulkType, str, int, datetime | None]] = []
+    checked: list[tuple[_BulkType, str, int, datetime | None, str]] = []
     errors: dict[str, Any] = {}
     codes: set[str] = set()
     for index, item in enumerate(items):
@@ -536,7 +552,7 @@ def task_create_bulk(
     history_rows: list[tuple[str, ...]] = []
     dispatches: list[publisher.Dispatch] = []
     now = timezone.now
-    for number, (kind, text, max_retries, run_at) in enumerate(checked):
+    for number, (kind, text, max_retries, run_at, _) in enumerate(checked):
         task_id = ids[2 * number]
         at = now().isoformat()
         if run_at is None:
@@ -570,11 +586,16 @@ def task_create_bulk(
         created.append(NewTask(task_id, kind.spec.name, status, run_at, dispatch_id))
     if keys:
         task_rows = [(*row, escape(key)) for row, key in zip(task_rows, keys, strict=True)]
+    # A column of its own only when an item has a callback: else every row takes the template's
+    # "" and the COPY is the one it was.
+    with_callbacks = any(item[4] for item in checked)
+    if with_callbacks:
+        task_rows = [(*row, escape(item[4])) for row, item in zip(task_rows, checked, strict=True)]
     try:
         # In a caller's transaction, a savepoint (a refused key must not abort it, as for a
         # single create).
         with transaction.atomic():
-            _task_rows(owner, fingerprint).copy(task_rows)
+            _task_rows(owner, fingerprint, with_callbacks=with_callbacks).copy(task_rows)
             _history_rows(owner).copy(history_rows)
             publisher.publish_on_commit(dispatches, from_request=True)
     except IntegrityError as exc:
@@ -617,7 +638,9 @@ def _bulk_fingerprint(items: list[dict[str, Any]]) -> str:
                 spec = get_task_type(name) if isinstance(name, str) else None
                 defaults[name] = None if spec is None else _default_max_retries(spec)
             max_retries = defaults[name]
-        parts.append((name, item.get("payload"), max_retries, item.get("run_at")))
+        part = (name, item.get("payload"), max_retries, item.get("run_at"))
+        # The callback only when given: a request without any keeps its fingerprint.
+        parts.append((*part, item["callback_url"]) if item.get("callback_url") else part)
     digest = _fingerprint(*parts)
     return _BULK_FINGERPRINT_PREFIX + digest[: len(digest) - len(_BULK_FINGERPRINT_PREFIX)]
 
@@ -682,14 +705,15 @@ _TASK_VARYING = (
 )
 
 
-def _task_rows(owner: User, fingerprint: str = "") -> RowTemplate:
+def _task_rows(owner: User, fingerprint: str = "", *, with_callbacks: bool = False) -> RowTemplate:
     """The owner's new tasks: every column but `_TASK_VARYING` as a created task has it. With a
-    bulk's idempotency fingerprint, each row also gives its key (`_bulk_keys`), last."""
-    if not fingerprint:
-        return RowTemplate(Task(owner=owner), _TASK_VARYING)
+    bulk's idempotency fingerprint, each row also gives its key (`_bulk_keys`); with
+    `with_callbacks`, then its callback_url, last."""
+    keyed = ("idempotency_key",) if fingerprint else ()
+    callbacks = ("callback_url",) if with_callbacks else ()
     return RowTemplate(
         Task(owner=owner, idempotency_fingerprint=fingerprint),
-        (*_TASK_VARYING, "idempotency_key"),
+        (*_TASK_VARYING, *keyed, *callbacks),
     )
 
 
