@@ -29,7 +29,8 @@ class Post:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """/ok: 200. /status/N: N. /flaky/N: 500 for the first N POSTs to the path, then 200."""
+    """/ok: 200. /status/N: N (3xx: to /ok). /flaky/N: 500 for the first N POSTs to the path,
+    then 200."""
 
     server: "_Server"
 
@@ -50,6 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 500
         answer = b"x" * 5000 if status >= 300 else b"thanks"  # an error body longer than kept
         self.send_response(status)
+        if 300 <= status < 400:
+            self.send_header("Location", "/ok")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
