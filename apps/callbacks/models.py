@@ -44,6 +44,9 @@ class TaskCallback(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.event} of {self.task_id} to {self.url} ({self.state})"
+
     @property
     def state(self) -> CallbackState:
         if self.delivered_at is not None:
@@ -55,6 +58,3 @@ class TaskCallback(models.Model):
     @property
     def event(self) -> str:
         return f"task.{self.status}"
-
-    def __str__(self) -> str:
-        return f"{self.event} of {self.task_id} to {self.url} ({self.state})"

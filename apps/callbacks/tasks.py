@@ -24,15 +24,16 @@ def dispatch_due() -> int:
 # (apps.tasks.tasks.EXECUTION_TASK_OPTIONS): a POST cut short is made again. Never rejected to
 # the dead-letter queue: the outbox row records every outcome. The time limits bound a POST that
 # the timeout does not (a slow trickle); they stay under the dispatch lease.
-@shared_task(
-    name=DELIVER_TASK_NAME,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    acks_on_timeout=True,
-    ignore_result=True,
-    soft_time_limit=60,
-    time_limit=90,
-)
+DELIVER_TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "soft_time_limit": 60,
+    "time_limit": 90,
+}
+
+
+@shared_task(name=DELIVER_TASK_NAME, **DELIVER_TASK_OPTIONS)
 def deliver(callback_id: int) -> str:
     return services.deliver_callback(int(callback_id))
 

@@ -78,9 +78,10 @@ def test_the_admin_lists_callbacks_and_sends_one_again(user, client, settings):
     page = client.get("/admin/callbacks/taskcallback/?state=failed")
     assert page.status_code == 200
     assert b"hooks.example.com/x" in page.content
-    assert b"hooks.example.com/x" not in client.get(
-        "/admin/callbacks/taskcallback/?state=delivered"
-    ).content
+    assert (
+        b"hooks.example.com/x"
+        not in client.get("/admin/callbacks/taskcallback/?state=delivered").content
+    )
     response = client.post(
         "/admin/callbacks/taskcallback/",
         {"action": "send_again", "_selected_action": [callback.id]},

@@ -59,7 +59,8 @@ def test_bulk_items_keep_their_own_callback_urls(api):
     items = [
         {"type": "echo", "callback_url": GOOD},
         {"type": "echo"},
-        {"type": "echo", "callback_url": "http://hooks.example.com/b\\c"},  # a backslash: COPY-escaped
+        # A backslash, which COPY's text format escapes.
+        {"type": "echo", "callback_url": "http://hooks.example.com/b\\c"},
     ]
     response = api.post("/api/tasks/bulk", {"tasks": items}, format="json")
     assert response.status_code == 201, response.content

@@ -44,6 +44,7 @@ def test_a_callback_is_posted_signed_and_recorded_delivered(user, api, receiver)
 
     [post] = receiver.posts
     task = Task.objects.get(id=callback.task_id)
+    assert task.finished_at is not None
     assert post.path == "/ok"
     assert post.json == {
         "event": "task.succeeded",
@@ -122,9 +123,7 @@ def test_a_receiver_that_always_fails_is_given_up_after_the_max_attempts(user, r
     assert dispatched_ids() == []
 
 
-def test_a_url_that_resolves_to_a_private_address_is_refused_at_delivery(
-    user, receiver_unallowed
-):
+def test_a_url_that_resolves_to_a_private_address_is_refused_at_delivery(user, receiver_unallowed):
     # A name, not a literal: accepted at create; what it resolves to is checked at each POST.
     callback = ended_with_callback(user, receiver_unallowed.url("/ok", host="localhost"))
     assert services.deliver_callback(callback.id) == "retrying"
