@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -204,7 +205,12 @@ def deliver_callback(callback_id: int) -> str:
     callback = TaskCallback.objects.select_related("task").filter(id=callback_id).first()
     if callback is None or callback.delivered_at or callback.failed_at:
         return "skipped"
-    code, error = _post(callback, callback.task)
+    try:
+        code, error = _post(callback, callback.task)
+    except SoftTimeLimitExceeded:
+        # A receiver that trickles its answer past the task's limit: counted as a failed POST,
+        # else the row would be dispatched again and again without its attempts growing.
+        code, error = None, "took longer than the delivery's time limit"
     return _record(callback, code, error)
 
 

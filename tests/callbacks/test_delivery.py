@@ -141,6 +141,21 @@ def test_a_redirect_is_not_followed(user, receiver):
     assert [p.path for p in receiver.posts] == ["/status/302"]  # not /ok
 
 
+def test_a_post_cut_by_the_soft_time_limit_counts_as_an_attempt(user, receiver, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    callback = ended_with_callback(user, receiver.url("/ok"))
+
+    def cut(*args: object) -> None:
+        raise SoftTimeLimitExceeded()  # what the worker raises in the task at its soft limit
+
+    monkeypatch.setattr(services, "_post", cut)
+    assert services.deliver_callback(callback.id) == "retrying"
+    callback.refresh_from_db()
+    assert callback.attempts == 1
+    assert "time limit" in callback.last_error
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_dispatch_runs_at_once_enqueue_one_delivery(user, broker, monkeypatch):
     """The first run holds its lease uncommitted while the second runs whole: the second skips
