@@ -157,6 +157,8 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 def parse_url(url: str | httpx.URL) -> httpx.URL:
     try:
         parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+        # httpx decodes an IDNA host lazily: a malformed A-label ("xn--") raises here, not above.
+        parsed.host  # noqa: B018
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise InvalidUrl(f"Not a valid URL: {url!r}: {exc}") from exc
     if parsed.scheme not in {"http", "https"}:

@@ -84,3 +84,13 @@ def test_an_idempotent_repeat_with_another_callback_is_a_conflict(api):
         HTTP_IDEMPOTENCY_KEY="k1",
     )
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+
+
+@pytest.mark.parametrize("url", ["http://xn--/x", "http://xn--a.com/x"])
+def test_a_malformed_idna_host_is_a_400_on_the_field_not_a_500(api, url):
+    response = api.post("/api/tasks", {"type": "echo", "callback_url": url}, format="json")
+    assert_error(response, 400, "validation_error", fields=("callback_url",))
+    bulk = api.post("/api/tasks/bulk", {"tasks": [{"type": "echo", "callback_url": url}]},
+                    format="json")
+    assert bulk.status_code == 400, bulk.content
+    assert not Task.objects.exists()
