@@ -95,18 +95,19 @@ def user_signing_secret(user_id: int) -> str:
 # --- Dispatch: due rows to the io workers ------------------------------------------------------
 
 
-def _claim_due(limit: int) -> list[int]:
-    """Lease up to `limit` due rows (SKIP LOCKED: two dispatchers at once take different rows)."""
+def _claim_due(limit: int) -> list[tuple[int, str]]:
+    """Lease up to `limit` due rows (SKIP LOCKED: two dispatchers at once take different rows):
+    (id, the lease's end), which the deliver message carries as its claim to the row."""
     table = TaskCallback._meta.db_table
     sql = (
         f"UPDATE {table} c SET next_attempt_at = statement_timestamp() + make_interval(secs => %s) "  # noqa: S608 (names only)
         f"FROM (SELECT id FROM {table} WHERE delivered_at IS NULL AND failed_at IS NULL "
         "AND next_attempt_at <= statement_timestamp() ORDER BY next_attempt_at LIMIT %s "
-        "FOR UPDATE SKIP LOCKED) due WHERE c.id = due.id RETURNING c.id"
+        "FOR UPDATE SKIP LOCKED) due WHERE c.id = due.id RETURNING c.id, c.next_attempt_at"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [LEASE_SECONDS, limit])
-        return [row[0] for row in cursor.fetchall()]
+        return [(row[0], row[1].isoformat()) for row in cursor.fetchall()]
 
 
 def dispatch_due_callbacks(*, batch_size: int = DISPATCH_BATCH, max_batches: int = 20) -> int:
@@ -127,10 +128,10 @@ def dispatch_due_callbacks(*, batch_size: int = DISPATCH_BATCH, max_batches: int
     return sent
 
 
-def _publish(task: Any, ids: list[int]) -> None:
-    for callback_id in ids:
+def _publish(task: Any, leases: list[tuple[int, str]]) -> None:
+    for callback_id, lease in leases:
         try:
-            task.apply_async(args=[callback_id])
+            task.apply_async(args=[callback_id, lease])
         except Exception:  # the broker is away: the lease runs out, the row is sent again
             logger.exception("could not publish callbacks.deliver for %s", callback_id)
             return
@@ -199,9 +200,29 @@ def _excerpt(guarded: net.GuardedResponse, timeout: float) -> str:
     return f": {text}" if text else ""
 
 
-def deliver_callback(callback_id: int) -> str:
+def _take_lease(callback_id: int, lease: str) -> bool:
+    """The message's claim to the row: only while the row still has the lease it was dispatched
+    with (not settled, not re-leased by a later dispatch, not claimed by another message). The
+    lease then restarts from now, for the POST: a message that waited in the queue past its
+    lease (and so was dispatched again), or a second copy of one (redelivered after a worker
+    died), finds another lease and skips, instead of POSTing again at once, past the backoff."""
+    table = TaskCallback._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET next_attempt_at = statement_timestamp() + make_interval(secs => %s) "  # noqa: S608 (names only)
+            "WHERE id = %s AND delivered_at IS NULL AND failed_at IS NULL "
+            "AND next_attempt_at = %s::timestamptz",
+            [LEASE_SECONDS, callback_id, lease],
+        )
+        return cursor.rowcount == 1
+
+
+def deliver_callback(callback_id: int, lease: str | None = None) -> str:
     """POST one callback and record the outcome: "delivered", "retrying", "failed", or "skipped"
-    (already settled, or gone with its task). No lock is held during the POST."""
+    (already settled, gone with its task, or its `lease` taken by another message). No lock is
+    held during the POST."""
+    if lease is not None and not _take_lease(callback_id, lease):
+        return "skipped"
     callback = TaskCallback.objects.select_related("task").filter(id=callback_id).first()
     if callback is None or callback.delivered_at or callback.failed_at:
         return "skipped"

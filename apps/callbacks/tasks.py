@@ -34,8 +34,9 @@ DELIVER_TASK_OPTIONS: dict[str, Any] = {
 
 
 @shared_task(name=DELIVER_TASK_NAME, **DELIVER_TASK_OPTIONS)
-def deliver(callback_id: int) -> str:
-    return services.deliver_callback(int(callback_id))
+def deliver(callback_id: int, lease: str | None = None) -> str:
+    # `lease`: the dispatch's claim (None in a message of the previous release: no check).
+    return services.deliver_callback(int(callback_id), lease)
 
 
 @beat_init.connect

@@ -166,7 +166,7 @@ def test_two_dispatch_runs_at_once_enqueue_one_delivery(user, broker, monkeypatc
     claimed, second_done = threading.Event(), threading.Event()
     counts: dict[str, int] = {}
 
-    def first_claim(limit: int) -> list[int]:
+    def first_claim(limit: int) -> list[tuple[int, str]]:
         ids = claim(limit)
         if threading.current_thread().name == "first":
             claimed.set()
@@ -192,4 +192,30 @@ def test_two_dispatch_runs_at_once_enqueue_one_delivery(user, broker, monkeypatc
     assert counts == {"first": 1, "second": 0}
     assert services.dispatch_due_callbacks() == 0  # leased
     [message] = broker.drain("io")
-    assert json.loads(message.body)[0] == [callback.id]
+    assert json.loads(message.body)[0][0] == callback.id  # with its lease
+
+
+def test_a_second_message_for_one_callback_neither_posts_again_nor_skips_the_backoff(
+    user, receiver, broker, django_capture_on_commit_callbacks
+):
+    """A deliver message can wait in the io queue past its lease (a backlog): the row is then
+    dispatched again and two messages name it. Only one of them POSTs; the other must not send
+    a second POST at once (ignoring the backoff the first set) nor burn an attempt."""
+    from apps.callbacks.tasks import deliver
+
+    callback = ended_with_callback(user, receiver.url("/status/500"))
+    broker.purge_all()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dispatch_due_callbacks()
+    # The first message is still queued when its lease runs out: dispatched again.
+    TaskCallback.objects.filter(id=callback.id).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dispatch_due_callbacks()
+    messages = broker.drain("io")
+    assert len(messages) == 2
+    outcomes = [deliver(*json.loads(message.body)[0]) for message in messages]
+    assert len(receiver.posts) == 1, outcomes
+    callback.refresh_from_db()
+    assert callback.attempts == 1
