@@ -89,3 +89,16 @@ def test_the_admin_lists_callbacks_and_sends_one_again(user, client, settings):
     assert response.status_code == 302
     callback.refresh_from_db()
     assert (callback.state, callback.attempts, callback.failed_at) == ("pending", 0, None)
+
+
+def test_the_callbacks_docs_give_receivers_the_hardened_verification_code():
+    """Receivers copy the snippet in docs/api.md "Callbacks": it must be signing.verify, which
+    answers False to a malformed header (v1=é, t=²) where the old snippet raised (a 500)."""
+    import inspect
+    from pathlib import Path
+
+    from apps.handlers import signing
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    callbacks = docs.split("## Callbacks", 1)[1].split("\n## ", 1)[0]
+    assert inspect.getsource(signing.verify) in callbacks
