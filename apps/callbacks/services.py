@@ -222,7 +222,8 @@ def _take_lease(callback_id: int, lease: str) -> bool:
     table = TaskCallback._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET next_attempt_at = statement_timestamp() + make_interval(secs => %s) "  # noqa: S608 (names only)
+            f"UPDATE {table} SET next_attempt_at = "  # noqa: S608 (names only)
+            "statement_timestamp() + make_interval(secs => %s) "
             "WHERE id = %s AND delivered_at IS NULL AND failed_at IS NULL "
             "AND next_attempt_at = %s::timestamptz",
             [LEASE_SECONDS, callback_id, lease],

@@ -90,16 +90,23 @@ def test_an_idempotent_repeat_with_another_callback_is_a_conflict(api):
 def test_a_malformed_idna_host_is_a_400_on_the_field_not_a_500(api, url):
     response = api.post("/api/tasks", {"type": "echo", "callback_url": url}, format="json")
     assert_error(response, 400, "validation_error", fields=("callback_url",))
-    bulk = api.post("/api/tasks/bulk", {"tasks": [{"type": "echo", "callback_url": url}]},
-                    format="json")
+    bulk = api.post(
+        "/api/tasks/bulk", {"tasks": [{"type": "echo", "callback_url": url}]}, format="json"
+    )
     assert bulk.status_code == 400, bulk.content
     assert not Task.objects.exists()
 
 
 @pytest.mark.parametrize(
     "url",
-    ["http://2130706433/x", "http://0x7f.1/x", "http://017700000001/x", "http://127.1/x",
-     "http://0/x", "http://0xa9fea9fe/latest/meta-data"],
+    [
+        "http://2130706433/x",
+        "http://0x7f.1/x",
+        "http://017700000001/x",
+        "http://127.1/x",
+        "http://0/x",
+        "http://0xa9fea9fe/latest/meta-data",
+    ],
 )
 def test_a_loopback_or_private_address_in_another_ipv4_form_is_a_400_on_the_field(api, url):
     """What getaddrinfo (and so the delivery) reads as 127.0.0.1, 0.0.0.0 or 169.254.169.254 is
