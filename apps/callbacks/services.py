@@ -232,14 +232,18 @@ def _take_lease(callback_id: int, lease: str) -> bool:
 
 
 def deliver_callback(callback_id: int, lease: str | None = None) -> str:
-    """POST one callback and record the outcome: "delivered", "retrying", "failed", or "skipped"
-    (already settled, gone with its task, or its `lease` taken by another message). No lock is
-    held during the POST."""
+    """POST one callback and record the outcome: "delivered", "retrying", "failed", "superseded"
+    (the task was retried since: not sent), or "skipped" (already settled, gone with its task,
+    or its `lease` taken by another message). No lock is held during the POST."""
     if lease is not None and not _take_lease(callback_id, lease):
         return "skipped"
     callback = TaskCallback.objects.select_related("task").filter(id=callback_id).first()
     if callback is None or callback.delivered_at or callback.failed_at:
         return "skipped"
+    if callback.task.status != callback.status:
+        # Retried by hand since it ended: that ending was undone, and the body (the task as it
+        # is now) would contradict the event. The next ending sends a callback of its own.
+        return _supersede(callback)
     try:
         code, error = _post(callback, callback.task)
     except SoftTimeLimitExceeded:
@@ -247,6 +251,17 @@ def deliver_callback(callback_id: int, lease: str | None = None) -> str:
         # else the row would be dispatched again and again without its attempts growing.
         code, error = None, "took longer than the delivery's time limit"
     return _record(callback, code, error)
+
+
+def _supersede(callback: TaskCallback) -> str:
+    TaskCallback.objects.filter(
+        id=callback.id, delivered_at__isnull=True, failed_at__isnull=True
+    ).update(
+        failed_at=timezone.now(),
+        last_error=f"superseded: the task was retried since it ended and is {callback.task.status} "
+        "now; its next ending sends a callback of its own",
+    )
+    return "superseded"
 
 
 def _record(callback: TaskCallback, code: int | None, error: str) -> str:

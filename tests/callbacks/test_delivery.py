@@ -219,3 +219,22 @@ def test_a_second_message_for_one_callback_neither_posts_again_nor_skips_the_bac
     assert len(receiver.posts) == 1, outcomes
     callback.refresh_from_db()
     assert callback.attempts == 1
+
+
+def test_a_callback_whose_task_was_retried_since_is_superseded_not_posted(user, receiver):
+    """The body is the task as it is at the POST: after a retry by hand it would say `queued`
+    (or the next ending) under the event of the first ending. That ending was undone; the
+    task's next ending sends a callback of its own."""
+    from apps.tasks.services import task_retry
+
+    callback = ended_with_callback(user, receiver.url("/ok"), type="test_permanent", payload={})
+    task = Task.objects.get(id=callback.task_id)
+    assert (task.status, callback.status) == (S.FAILED, S.FAILED)
+    task_retry(task=task, actor=user)
+
+    assert services.deliver_callback(callback.id) == "superseded"
+    assert receiver.posts == []
+    callback.refresh_from_db()
+    assert callback.failed_at is not None and callback.delivered_at is None
+    assert callback.last_error.startswith("superseded")
+    assert dispatched_ids() == []  # settled: never dispatched again
