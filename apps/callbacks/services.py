@@ -9,10 +9,8 @@ dedupe on X-TaskFlow-Delivery.
 import functools
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from typing import Any
 
@@ -52,21 +50,6 @@ def _url_error(message: str) -> ApplicationError:
     )
 
 
-def _literal_address(host: str) -> net.IPAddress | None:
-    """The address a host names without DNS: the dotted quad, and the forms inet_aton (and so
-    getaddrinfo, at delivery) also reads as IPv4: 2130706433, 0x7f.1, 0177.0.0.1, 127.1."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if host and all(char in "0123456789abcdefx." for char in host.lower()):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
 def check_callback_url(url: Any) -> str:
     """The URL a task may be created with, or a field-level 400.
 
@@ -83,7 +66,7 @@ def check_callback_url(url: Any) -> str:
         raise _url_error(str(exc.args[0]) if exc.args else "Not a valid URL.") from None
     if parsed.userinfo:
         raise _url_error("Must not hold credentials (user:password@).")
-    literal = _literal_address(parsed.host)
+    literal = net.literal_address(parsed.host)
     if literal is not None and not net.address_allowed(literal):
         raise _url_error("Must not point to a private, loopback or link-local address.")
     return url

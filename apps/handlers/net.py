@@ -139,6 +139,22 @@ def address_allowed(ip: IPAddress) -> bool:
     return is_public(ip)
 
 
+def literal_address(host: str) -> IPAddress | None:
+    """The address a host names without DNS, or None for a name: the usual forms, and the ones
+    inet_aton (and so getaddrinfo, at the request) also reads as IPv4: 2130706433, 0x7f.1,
+    0177.0.0.1, 127.1. For a check at input time; the request itself is vetted again."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(char in "0123456789abcdefx." for char in host.lower()):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
 def resolve(host: str, port: int) -> list[IPAddress]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
